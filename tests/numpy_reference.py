@@ -1,0 +1,105 @@
+"""Slow, obvious numpy references, written the way the papers write them.
+
+Loops over t and b on purpose: they are the spec the JAX code is checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _clip(x: float, threshold: float | None) -> float:
+    return x if threshold is None else min(threshold, x)
+
+
+def vtrace(
+    log_rhos,
+    discounts,
+    rewards,
+    values,
+    bootstrap_value,
+    clip_rho_threshold=1.0,
+    clip_c_threshold=1.0,
+    clip_pg_rho_threshold=1.0,
+    lambda_=1.0,
+):
+    """O(T^2) V-trace, eq. (1) of arXiv:1802.01561 with c_i = lambda * min(c_bar, rho_i)."""
+    log_rhos, discounts, rewards, values = (
+        np.asarray(x, np.float64) for x in (log_rhos, discounts, rewards, values)
+    )
+    bootstrap_value = np.asarray(bootstrap_value, np.float64)
+    t_len, b_len = rewards.shape
+    vs = np.zeros((t_len, b_len))
+    pg = np.zeros((t_len, b_len))
+    for b in range(b_len):
+        v = np.append(values[:, b], bootstrap_value[b])  # V(x_0) .. V(x_T)
+        rho = np.exp(log_rhos[:, b])
+        for s in range(t_len):
+            total = 0.0
+            for t in range(s, t_len):
+                trace = 1.0
+                for i in range(s, t):
+                    trace *= discounts[i, b] * lambda_ * _clip(rho[i], clip_c_threshold)
+                delta = _clip(rho[t], clip_rho_threshold) * (
+                    rewards[t, b] + discounts[t, b] * v[t + 1] - v[t]
+                )
+                total += trace * delta
+            vs[s, b] = v[s] + total
+        for s in range(t_len):
+            v_next = vs[s + 1, b] if s + 1 < t_len else bootstrap_value[b]
+            pg[s, b] = _clip(rho[s], clip_pg_rho_threshold) * (
+                rewards[s, b] + discounts[s, b] * v_next - v[s]
+            )
+    return vs, pg
+
+
+def gae(rewards, values, bootstrap_value, discounts, lambda_):
+    """A_t = sum_l (prod_{i<l} gamma_{t+i} lambda) delta_{t+l}, written out as a double sum."""
+    rewards, values, discounts = (np.asarray(x, np.float64) for x in (rewards, values, discounts))
+    t_len, b_len = rewards.shape
+    adv = np.zeros((t_len, b_len))
+    for b in range(b_len):
+        v = np.append(values[:, b], bootstrap_value[b])
+        deltas = [rewards[t, b] + discounts[t, b] * v[t + 1] - v[t] for t in range(t_len)]
+        for t in range(t_len):
+            weight = 1.0
+            for k in range(t, t_len):
+                adv[t, b] += weight * deltas[k]
+                weight *= discounts[k, b] * lambda_
+    return adv, adv + values
+
+
+def n_step_return(rewards, discounts, bootstrap_value):
+    """G_s = r_s + d_s r_{s+1} + ... + (prod d) * bootstrap: the full bootstrapped return."""
+    t_len, b_len = rewards.shape
+    out = np.zeros((t_len, b_len))
+    for b in range(b_len):
+        for s in range(t_len):
+            g, scale = 0.0, 1.0
+            for t in range(s, t_len):
+                g += scale * rewards[t, b]
+                scale *= discounts[t, b]
+            out[s, b] = g + scale * bootstrap_value[b]
+    return out
+
+
+def log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(axis=-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+
+
+def gaussian_log_prob(x, mean, log_std):
+    """Sum over the last axis of the 1-D normal log-density."""
+    x, mean, log_std = (np.asarray(a, np.float64) for a in (x, mean, log_std))
+    std = np.exp(log_std)
+    return np.sum(
+        -((x - mean) ** 2) / (2 * std**2) - np.log(std) - 0.5 * np.log(2 * np.pi), axis=-1
+    )
+
+
+def gaussian_kl(mean1, log_std1, mean2, log_std2):
+    """KL(N1 || N2) = log(s2/s1) + (s1^2 + (m1-m2)^2) / (2 s2^2) - 1/2, summed over dims."""
+    m1, l1, m2, l2 = (np.asarray(a, np.float64) for a in (mean1, log_std1, mean2, log_std2))
+    s1, s2 = np.exp(l1), np.exp(l2)
+    return np.sum(np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5, axis=-1)
