@@ -1,0 +1,308 @@
+"""Actor process: steps a vector env on the CPU, acts with the latest params, ships unrolls.
+
+Started by the trainer as ``python -m jaxrl_impala.actor --config-json ... --actor-id I
+--queue NAME --params NAME`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set
+before JAX is imported). Everything it receives on its command line is plain text, and
+everything it sends is a codec frame: no pickle crosses the process boundary.
+
+An Unroll (one ``put``) holds, time-major, for B = ``env.num_envs`` columns:
+  obs [T+1, B, ...] (``obs__<key>`` per key for dict observations), actions [T, B, ...],
+  behaviour_logp [T, B], behaviour_dist [T, B, P], rewards [T, B], terminated [T, B],
+  truncated [T, B], truncation_value [T, B] (``V_mu`` of the final observation where an
+  episode was truncated; the next ``obs`` row already belongs to the new episode),
+  episode_return / episode_length [T, B] (set where an episode ended) and, for envs that
+  report ``reward_terms``, episode_terms [T, B, K];
+  meta: policy_version, actor_id, unroll_index.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # before JAX is imported anywhere in this process
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import argparse
+import ctypes
+import json
+import signal
+import time
+from typing import Any
+
+import gymnasium as gym
+import jax
+import numpy as np
+
+from jaxrl_impala.config import Config, ConfigError, from_dict, load_config
+
+DRIVING_ID = "jaxrl_impala/Driving-v0"
+
+
+# --------------------------------------------------------------------------- environments
+def make_vector_env(config: Config, num_envs: int) -> gym.vector.VectorEnv:
+    """The vector env of ``config.env`` with same-step autoreset.
+
+    ``DrivingVectorEnv`` steps all envs as arrays; any other gymnasium id runs in a
+    ``SyncVectorEnv``. A bad id is a one-line error naming it.
+    """
+    ec = config.env
+    kwargs = dict(ec.kwargs)
+    if ec.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = ec.max_episode_steps
+    if ec.id == DRIVING_ID:
+        from jaxrl_impala.envs import DrivingVectorEnv
+
+        try:
+            return DrivingVectorEnv(num_envs, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"env.kwargs: {e}") from None
+    import jaxrl_impala.envs  # noqa: F401  (registers the built-in ids)
+
+    try:
+        return gym.make_vec(
+            ec.id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **kwargs,
+        )
+    except gym.error.Error as e:
+        raise ConfigError(f"env.id={ec.id!r}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"env.kwargs for {ec.id!r}: {e}") from None
+
+
+def env_spaces(config: Config) -> tuple[gym.Space, gym.Space, tuple[str, ...]]:
+    """(single observation space, single action space, reward-term names) of the env."""
+    env = make_vector_env(config, 1)
+    try:
+        terms = tuple(getattr(env, "reward_term_names", ()))
+        return env.single_observation_space, env.single_action_space, terms
+    finally:
+        env.close()
+
+
+def final_observations(info: dict, obs: Any, mask: np.ndarray) -> Any:
+    """The final observation of every env whose episode just ended (``obs`` elsewhere)."""
+    final = info.get("final_obs")
+    if final is None:
+        return obs
+    if isinstance(final, np.ndarray) and final.dtype == object:
+        rows = [final[i] if mask[i] else None for i in range(len(mask))]
+        if isinstance(obs, dict):
+            return {
+                k: np.stack([r[k] if r is not None else obs[k][i] for i, r in enumerate(rows)])
+                for k in obs
+            }
+        return np.stack([r if r is not None else obs[i] for i, r in enumerate(rows)])
+    return jax.tree.map(
+        lambda f, o: np.where(mask.reshape((-1,) + (1,) * (o.ndim - 1)), f, o), final, obs
+    )
+
+
+def obs_fields(obs: Any) -> dict[str, Any]:
+    """Frame field names of an observation pytree: ``obs`` or ``obs__<key>``."""
+    if isinstance(obs, dict):
+        return {f"obs__{k}": v for k, v in obs.items()}
+    return {"obs": obs}
+
+
+def obs_from_fields(fields: dict[str, Any]) -> Any:
+    if "obs" in fields:
+        return fields["obs"]
+    return {k[len("obs__") :]: v for k, v in fields.items() if k.startswith("obs__")}
+
+
+# --------------------------------------------------------------------------- params on the wire
+def flatten_params(params: Any, stats: Any) -> dict[str, np.ndarray]:
+    """Params and obs-normaliser stats as codec fields ``p000...``, ``s000...``."""
+    out = {f"p{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))}
+    out.update({f"s{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(stats))})
+    return out
+
+
+def unflatten_params(arrays: dict[str, np.ndarray], params_template: Any, stats_template: Any):
+    p_leaves, p_def = jax.tree.flatten(params_template)
+    s_leaves, s_def = jax.tree.flatten(stats_template)
+    params = jax.tree.unflatten(p_def, [arrays[f"p{i:04d}"] for i in range(len(p_leaves))])
+    stats = jax.tree.unflatten(s_def, [arrays[f"s{i:04d}"] for i in range(len(s_leaves))])
+    return params, stats
+
+
+# --------------------------------------------------------------------------- the rollout
+class Rollout:
+    """Steps a vector env with a policy and assembles ``[T+1, B]`` unrolls (numpy)."""
+
+    def __init__(self, config: Config, actor_id: int, env: gym.vector.VectorEnv | None = None):
+        from jaxrl_impala.learner import policy_step_fn, value_fn
+        from jaxrl_impala.networks import init_obs_stats, make_policy, sample_obs
+
+        self.config = config
+        self.actor_id = actor_id
+        self.T = config.rollout.length
+        self.B = config.env.num_envs
+        self.env = env if env is not None else make_vector_env(config, self.B)
+        self.term_names = tuple(getattr(self.env, "reward_term_names", ()))
+        obs_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+        self.policy = make_policy(
+            obs_space, self.action_space, config.network, config.learner.obs_norm
+        )
+        self.params_template = self.policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
+        self.stats_template = init_obs_stats(obs_space)
+        self._step = jax.jit(policy_step_fn(self.policy))
+        self._value = jax.jit(value_fn(self.policy))
+        self.key = jax.random.PRNGKey(config.train.seed * 7919 + 104729 * (actor_id + 1))
+        seed = config.train.seed * 100_003 + actor_id * self.B
+        self.obs, _ = self.env.reset(seed=seed)
+        self.action_space.seed(seed)
+        self.ep_return = np.zeros(self.B, np.float64)
+        self.ep_length = np.zeros(self.B, np.int64)
+        self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
+        self.unroll_index = 0
+
+    def set_params(self, arrays: dict[str, np.ndarray]) -> None:
+        self.params, self.stats = unflatten_params(
+            arrays, self.params_template, self.stats_template
+        )
+
+    def _to_env(self, action: np.ndarray) -> np.ndarray:
+        if isinstance(self.action_space, gym.spaces.Box):
+            return np.clip(action, self.action_space.low, self.action_space.high).astype(
+                self.action_space.dtype
+            )
+        return action
+
+    def unroll(self, policy_version: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Acts T steps; returns (arrays, meta) of one Unroll."""
+        T, B = self.T, self.B
+        obs_rows, act_rows, logp_rows, dist_rows = [], [], [], []
+        rewards = np.zeros((T, B), np.float32)
+        terminated = np.zeros((T, B), bool)
+        truncated = np.zeros((T, B), bool)
+        trunc_value = np.zeros((T, B), np.float32)
+        ep_return = np.full((T, B), np.nan, np.float32)
+        ep_length = np.zeros((T, B), np.int32)
+        ep_terms = np.zeros((T, B, len(self.term_names)), np.float32)
+        for t in range(T):
+            obs_rows.append(self.obs)
+            self.key, sub = jax.random.split(self.key)
+            action, logp, dist, _ = jax.device_get(
+                self._step(self.params, self.stats, self.obs, sub)
+            )
+            act_rows.append(action)
+            logp_rows.append(logp)
+            dist_rows.append(dist)
+            obs, reward, term, trunc, info = self.env.step(self._to_env(action))
+            term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
+            rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            cut = trunc & ~term
+            if cut.any():
+                final = final_observations(info, obs, cut)
+                values = np.asarray(self._value(self.params, self.stats, final))
+                trunc_value[t] = np.where(cut, values, 0.0)
+            self.ep_return += reward
+            self.ep_length += 1
+            if self.term_names and "reward_terms" in info:
+                terms = info["reward_terms"]
+                self.ep_terms += np.stack([np.asarray(terms[k]) for k in self.term_names], -1)
+            done = term | trunc
+            if done.any():
+                ep_return[t] = np.where(done, self.ep_return, np.nan)
+                ep_length[t] = np.where(done, self.ep_length, 0)
+                ep_terms[t] = np.where(done[:, None], self.ep_terms, 0.0)
+                self.ep_return[done] = 0.0
+                self.ep_length[done] = 0
+                self.ep_terms[done] = 0.0
+            self.obs = obs
+        obs_rows.append(self.obs)
+        stacked_obs = jax.tree.map(lambda *xs: np.stack(xs), *obs_rows)
+        arrays = {
+            **obs_fields(stacked_obs),
+            "actions": np.stack(act_rows),
+            "behaviour_logp": np.stack(logp_rows).astype(np.float32),
+            "behaviour_dist": np.stack(dist_rows).astype(np.float32),
+            "rewards": rewards,
+            "terminated": terminated,
+            "truncated": truncated,
+            "truncation_value": trunc_value,
+            "episode_return": ep_return,
+            "episode_length": ep_length,
+        }
+        if self.term_names:
+            arrays["episode_terms"] = ep_terms
+        meta = {
+            "policy_version": int(policy_version),
+            "actor_id": self.actor_id,
+            "unroll_index": self.unroll_index,
+        }
+        self.unroll_index += 1
+        return arrays, meta
+
+
+# --------------------------------------------------------------------------- process entry
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent (the learner) dies, so no actor is orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def run(config: Config, actor_id: int, queue_name: str, params_name: str) -> int:
+    from jaxrl_impala.transport.shm import ShmParamStore, ShmQueue
+
+    parent = os.getppid()
+    queue = ShmQueue.attach(queue_name, actor_id)
+    store = ShmParamStore.attach(params_name)
+    rollout = Rollout(config, actor_id)
+    deterministic = config.train.deterministic
+    per_version = max(1, config.learner.batch_unrolls // config.actors.num)
+    version = -1
+    while True:
+        want = rollout.unroll_index // per_version if deterministic else 0
+        # Wait for params: always for the first ones; in lock-step mode, for the version
+        # this unroll must be acted with.
+        while True:
+            got = store.fetch(newer_than=version)
+            if got is not None:
+                version, arrays = got
+                rollout.set_params(arrays)
+            if version >= want:
+                break
+            if queue.closed or os.getppid() != parent or not queue.owner_alive():
+                return 0
+            time.sleep(0.001)
+        arrays, meta = rollout.unroll(version)
+        while not queue.put(arrays, meta, timeout=1.0):
+            if queue.closed or os.getppid() != parent or not queue.owner_alive():
+                return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="jaxrl_impala actor process")
+    parser.add_argument("--config-json", help="the resolved config as JSON (set by the trainer)")
+    parser.add_argument("--config", help="a YAML config file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--actor-id", type=int, required=True)
+    parser.add_argument("--queue", required=True, help="shared-memory queue name")
+    parser.add_argument("--params", required=True, help="shared-memory param store name")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when actors stop
+    _die_with_parent()
+    try:
+        if args.config_json:
+            config = from_dict(json.loads(args.config_json))
+        else:
+            config = load_config(args.config, args.set)
+    except ConfigError as e:
+        print(f"actor {args.actor_id}: config error: {e}", file=sys.stderr)
+        return 2
+    return run(config, args.actor_id, args.queue, args.params)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""Trainer configuration: frozen dataclasses (the schema), YAML presets, ``--set`` overrides.
+
+Every field has a one-line doc in its section's docstring. ``load_config`` reads a YAML file,
+applies ``KEY=VALUE`` overrides (values parsed as YAML scalars), checks every key and value,
+and derives the batch sizes in one place (:func:`derived_sizes`), failing loudly on sizes
+that don't divide instead of adjusting them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line naming the key and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """The environment each actor steps.
+
+    id: gymnasium id; the built-in driving simulator is ``jaxrl_impala/Driving-v0``.
+    num_envs: environments per actor process, stepped as one vector env.
+    kwargs: keyword arguments for the env constructor (e.g. ``obs_mode``, ``action_mode``).
+    max_episode_steps: time limit (truncation); ``null`` keeps the env's own.
+    """
+
+    id: str = "jaxrl_impala/Driving-v0"
+    num_envs: int = 16
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorsConfig:
+    """Actor processes (CPU only).
+
+    num: number of actor processes.
+    restart_backoff_s: first delay before restarting a crashed actor (doubles per crash).
+    crash_loop_restarts: this many restarts of one actor ...
+    crash_loop_window_s: ... within this many seconds stop the run with the actor's error.
+    """
+
+    num: int = 2
+    restart_backoff_s: float = 0.5
+    crash_loop_restarts: int = 5
+    crash_loop_window_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Unrolls.
+
+    length: T, environment steps per unroll (the unroll holds T+1 observations).
+    """
+
+    length: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Actor-critic network.
+
+    hidden: widths of the MLP torso (after the pixel encoder for image observations).
+    activation: ``tanh`` or ``relu``.
+    shared_torso: one torso for policy and value, or a separate one each.
+    squash: bound Box actions with tanh instead of clipping.
+    log_std_init: initial log standard deviation of Gaussian policies.
+    """
+
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    shared_torso: bool = False
+    squash: bool = False
+    log_std_init: float = -0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The compiled update.
+
+    algo: ``appo`` (PPO clip on V-trace), ``impala`` (V-trace policy gradient) or ``ppo``.
+    num_devices: local devices the batch is sharded over; 0 means all.
+    batch_unrolls: unrolls per update (the batch is ``batch_unrolls * env.num_envs`` columns).
+    lr: Adam learning rate.
+    lr_schedule: ``constant`` or ``linear`` (decays to 0 at ``train.total_env_steps``).
+    adam_eps: Adam epsilon.
+    max_grad_norm: global gradient-norm clip.
+    gamma: discount factor.
+    lambda_: V-trace lambda (appo, impala) or GAE lambda (ppo).
+    clip_rho_threshold: V-trace rho bar (``null``: no clipping).
+    clip_c_threshold: V-trace c bar (``null``: no clipping).
+    clip_pg_rho_threshold: V-trace policy-gradient rho bar (``null``: no clipping).
+    clip_eps: PPO ratio clipping range (appo, ppo).
+    value_clip_eps: PPO value clipping range (ppo); ``null`` for the plain value loss.
+    value_coef: value-loss weight.
+    entropy_coef: entropy-bonus weight.
+    epochs: passes over each batch (appo, ppo).
+    minibatches: minibatches per epoch (appo, ppo), split along the batch axis.
+    normalize_advantages: standardise advantages per minibatch.
+    publish_every: publish params to the actors every this many updates.
+    max_policy_lag: drop unrolls acted with params more than this many versions old (0: keep all).
+    obs_norm: running observation normalisation (stats shipped to actors with the params).
+    reward_scale: multiply rewards by this before the update.
+    reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
+    """
+
+    algo: str = "appo"
+    num_devices: int = 0
+    batch_unrolls: int = 2
+    lr: float = 3e-4
+    lr_schedule: str = "constant"
+    adam_eps: float = 1e-5
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    lambda_: float = 0.95
+    clip_rho_threshold: float | None = 1.0
+    clip_c_threshold: float | None = 1.0
+    clip_pg_rho_threshold: float | None = 1.0
+    clip_eps: float = 0.2
+    value_clip_eps: float | None = None
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    epochs: int = 4
+    minibatches: int = 4
+    normalize_advantages: bool = True
+    publish_every: int = 1
+    max_policy_lag: int = 0
+    obs_norm: bool = True
+    reward_scale: float = 1.0
+    reward_clip: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportConfig:
+    """How unrolls and params move between processes.
+
+    kind: ``shm`` (shared memory, the default) or ``redis``.
+    url: Redis URL (``redis://[user:password@]host:port/db`` or ``rediss://``), for ``redis``.
+    prefix: key prefix for Redis (``{prefix}:unrolls``, ``{prefix}:params``).
+    slots_per_actor: unrolls each actor may have in flight (queue bound).
+    overflow: ``block`` (actors wait for room) or ``drop_oldest``.
+    """
+
+    kind: str = "shm"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "jaxrl_impala"
+    slots_per_actor: int = 4
+    overflow: str = "block"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The run.
+
+    total_env_steps: budget of environment steps (all actors together).
+    seed: seed of params, actors and environments.
+    deterministic: lock-step schedule: same seed, same metrics, run after run.
+    log_every_s: seconds between metrics lines (and progress updates).
+    checkpoint_every_s: seconds between checkpoints (one is always written at the end).
+    stop_at_eval_return: stop early once an evaluation mean return reaches this (``null``: never).
+    """
+
+    total_env_steps: int = 1_000_000
+    seed: int = 0
+    deterministic: bool = False
+    log_every_s: float = 2.0
+    checkpoint_every_s: float = 300.0
+    stop_at_eval_return: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Periodic greedy evaluation on env seeds disjoint from training.
+
+    every_env_steps: evaluate after this many env steps (0: only at the end).
+    episodes: episodes per evaluation.
+    gif: write a GIF of the first evaluation episode when the env can render.
+    """
+
+    every_env_steps: int = 50_000
+    episodes: int = 10
+    gif: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Outputs.
+
+    dir: run directory (``runs/<name>`` when empty).
+    name: run name (a timestamp when empty).
+    """
+
+    dir: str = ""
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    actors: ActorsConfig = dataclasses.field(default_factory=ActorsConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
+    learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
+    transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "learner.algo": ("appo", "impala", "ppo"),
+    "learner.lr_schedule": ("constant", "linear"),
+    "network.activation": ("tanh", "relu"),
+    "transport.kind": ("shm", "redis"),
+    "transport.overflow": ("block", "drop_oldest"),
+}
+
+POSITIVE = {
+    "env.num_envs",
+    "actors.num",
+    "rollout.length",
+    "learner.batch_unrolls",
+    "learner.lr",
+    "learner.epochs",
+    "learner.minibatches",
+    "learner.publish_every",
+    "learner.gamma",
+    "transport.slots_per_actor",
+    "train.total_env_steps",
+    "train.log_every_s",
+    "train.checkpoint_every_s",
+    "eval.episodes",
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Checks ``value`` against the annotation ``tp``; returns it converted."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        (elem, _) = typing.get_args(tp)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list like [64, 64], got {value!r}")
+        return tuple(_coerce(key, v, elem) for v in value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {full!r}; valid keys"
+                f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a section; set its keys, e.g. {full}.{key}=...")
+            kwargs[key] = _build(tp, value, f"{full}.")
+            continue
+        value = _coerce(full, value, tp)
+        if full in CHOICES and value not in CHOICES[full]:
+            raise ConfigError(f"{full}: {value!r} is not one of {', '.join(CHOICES[full])}")
+        if full in POSITIVE and value <= 0:
+            raise ConfigError(f"{full}: must be > 0, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. learner.lr=1e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain YAML-able data (tuples as lists)."""
+
+    def convert(x):
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [convert(v) for v in x]
+        return x
+
+    return convert(dataclasses.asdict(config))
+
+
+def from_dict(data: dict) -> Config:
+    """Builds and validates a :class:`Config` from nested plain data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Loads a YAML preset (or the defaults when ``path`` is None) and applies overrides.
+
+    Args:
+      path: a YAML file of sections (``env:``, ``learner:`` ...); unknown keys are errors.
+      overrides: ``"section.key=value"`` strings; values are parsed as YAML scalars.
+
+    Raises:
+      ConfigError: one line naming the bad key or value and the valid choices.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        data = _merge(data, _parse_override(item))
+    return from_dict(data)
+
+
+def derived_sizes(config: Config, num_devices: int) -> dict[str, int]:
+    """Batch sizes of the update, checked for divisibility.
+
+    Returns:
+      ``batch_size`` (columns per update), ``minibatch_size`` (columns per minibatch) and
+      ``env_steps_per_update``.
+
+    Raises:
+      ConfigError: when the batch does not split into minibatches or over the devices.
+    """
+    lc = config.learner
+    batch = lc.batch_unrolls * config.env.num_envs
+    minibatches = 1 if lc.algo == "impala" else lc.minibatches
+    if batch % minibatches:
+        raise ConfigError(
+            f"learner.minibatches={minibatches} does not divide the batch of {batch} columns "
+            f"(learner.batch_unrolls * env.num_envs)"
+        )
+    minibatch = batch // minibatches
+    if minibatch % num_devices:
+        raise ConfigError(
+            f"the minibatch of {minibatch} columns does not split over {num_devices} devices; "
+            f"change env.num_envs, learner.batch_unrolls or learner.minibatches, "
+            f"or set learner.num_devices"
+        )
+    return {
+        "batch_size": batch,
+        "minibatch_size": minibatch,
+        "env_steps_per_update": batch * config.rollout.length,
+    }
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that don't need JAX."""
+    if config.train.deterministic and config.learner.batch_unrolls % config.actors.num:
+        raise ConfigError(
+            f"train.deterministic needs learner.batch_unrolls ({config.learner.batch_unrolls}) "
+            f"to be a multiple of actors.num ({config.actors.num})"
+        )
+    if config.learner.num_devices < 0:
+        raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
+    derived_sizes(config, 1)
+
+
+def dump_yaml(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,212 @@
+"""Flax actor-critic networks for vector, image and dict observations.
+
+Pure: the module maps (normalised) observations to the action distribution's parameters and
+a value. Observation normalisation statistics live outside the params (the learner keeps
+them and ships them to the actors with the params): see :func:`normalize_obs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_impala.config import NetworkConfig
+from jaxrl_impala.core.distributions import distribution_for_space
+
+_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+_OBS_CLIP = 10.0
+
+
+def _dense(features: int, scale: float) -> nn.Dense:
+    # Orthogonal init with per-layer gains, as in the PPO implementation details
+    # (Huang et al., 2022, https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/).
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale))
+
+
+class PixelEncoder(nn.Module):
+    """Small conv encoder for uint8 images [..., H, W, C] (scaled to [0, 1])."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-3]
+        x = x.reshape((-1, *x.shape[-3:])).astype(jnp.float32) / 255.0
+        init = nn.initializers.orthogonal(np.sqrt(2))
+        x = nn.relu(nn.Conv(16, (5, 5), strides=(2, 2), kernel_init=init)(x))
+        x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), kernel_init=init)(x))
+        x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), kernel_init=init)(x))
+        return x.reshape((*lead, -1))
+
+
+class Torso(nn.Module):
+    """Encodes an observation pytree, then an MLP."""
+
+    hidden: tuple[int, ...]
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs: Any) -> jax.Array:
+        leaves = obs.items() if isinstance(obs, dict) else [("obs", obs)]
+        features = []
+        for _, x in sorted(leaves, key=lambda kv: kv[0]):
+            if x.ndim >= 3 and x.dtype == jnp.uint8:
+                features.append(PixelEncoder()(x))
+            else:
+                features.append(x.astype(jnp.float32))
+        x = jnp.concatenate(features, axis=-1)
+        act = _ACTIVATIONS[self.activation]
+        for width in self.hidden:
+            x = act(_dense(width, np.sqrt(2))(x))
+        return x
+
+
+class ActorCritic(nn.Module):
+    """Policy and value heads over one shared torso or two separate ones.
+
+    Attributes:
+      param_size: size of the action distribution's flat parameters.
+      gaussian_dim: action dimensions of a Box space (0 otherwise): the head then emits
+        the mean and a state-independent, learned log-std is appended.
+    """
+
+    param_size: int
+    gaussian_dim: int
+    hidden: tuple[int, ...]
+    activation: str
+    shared_torso: bool
+    log_std_init: float
+
+    @nn.compact
+    def __call__(self, obs: Any) -> tuple[jax.Array, jax.Array]:
+        """Maps obs [..., *obs_shape] to (dist_params [..., P], value [...])."""
+        pi_h = Torso(self.hidden, self.activation, name="torso_pi")(obs)
+        v_h = (
+            pi_h if self.shared_torso else Torso(self.hidden, self.activation, name="torso_v")(obs)
+        )
+        value = _dense(1, 1.0)(v_h)[..., 0]
+        if self.gaussian_dim:
+            mean = _dense(self.gaussian_dim, 0.01)(pi_h)
+            log_std = self.param(
+                "log_std", nn.initializers.constant(self.log_std_init), (self.gaussian_dim,)
+            )
+            dist_params = jnp.concatenate([mean, jnp.broadcast_to(log_std, mean.shape)], -1)
+        else:
+            dist_params = _dense(self.param_size, 0.01)(pi_h)
+        return dist_params, value
+
+
+@flax.struct.dataclass
+class ObsStats:
+    """Running mean/variance of float observation leaves (Chan et al. parallel update).
+
+    Attributes:
+      mean, var: pytrees shaped like one observation (uint8 leaves hold an empty array).
+      count: float scalar, observations seen.
+    """
+
+    mean: Any
+    var: Any
+    count: jax.Array
+
+
+def init_obs_stats(obs_space: gym.Space) -> ObsStats:
+    def zeros(space, fill):
+        if isinstance(space, gym.spaces.Dict):
+            return {k: zeros(s, fill) for k, s in space.spaces.items()}
+        if space.dtype == np.uint8:
+            return jnp.zeros((0,), jnp.float32)
+        return jnp.full(space.shape, fill, jnp.float32)
+
+    return ObsStats(zeros(obs_space, 0.0), zeros(obs_space, 1.0), jnp.asarray(1e-4, jnp.float32))
+
+
+def update_obs_stats(stats: ObsStats, obs: Any) -> ObsStats:
+    """Folds a batch of observations [T, B, ...] into the running statistics."""
+
+    def batch_moments(x, mean):
+        if mean.shape == (0,):
+            return mean, mean, 0.0
+        lead = x.shape[: x.ndim - mean.ndim]
+        x = x.astype(jnp.float32).reshape((-1, *mean.shape))
+        return x.mean(0), x.var(0), float(np.prod(lead))
+
+    leaves_x = jax.tree.leaves(obs)
+    leaves_m, treedef = jax.tree.flatten(stats.mean)
+    leaves_v = jax.tree.leaves(stats.var)
+    new_m, new_v, n = [], [], 0.0
+    for x, m, v in zip(leaves_x, leaves_m, leaves_v, strict=True):
+        bm, bv, n_b = batch_moments(x, m)
+        if n_b == 0:
+            new_m.append(m)
+            new_v.append(v)
+            continue
+        n = n_b
+        total = stats.count + n_b
+        delta = bm - m
+        new_m.append(m + delta * n_b / total)
+        m2 = v * stats.count + bv * n_b + jnp.square(delta) * stats.count * n_b / total
+        new_v.append(m2 / total)
+    return ObsStats(
+        jax.tree.unflatten(treedef, new_m),
+        jax.tree.unflatten(treedef, new_v),
+        stats.count + n,
+    )
+
+
+def normalize_obs(stats: ObsStats | None, obs: Any) -> Any:
+    """Standardises float observation leaves with ``stats`` and clips to +-10; uint8 pass."""
+    if stats is None:
+        return obs
+
+    def norm(x, m, v):
+        if m.shape == (0,):
+            return x
+        return jnp.clip((x - m) / jnp.sqrt(v + 1e-8), -_OBS_CLIP, _OBS_CLIP)
+
+    return jax.tree.map(norm, obs, stats.mean, stats.var)
+
+
+@flax.struct.dataclass
+class Policy:
+    """The network, its distribution and how to call them, bound to the spaces."""
+
+    net: ActorCritic = flax.struct.field(pytree_node=False)
+    make_dist: Callable = flax.struct.field(pytree_node=False)
+    obs_norm: bool = flax.struct.field(pytree_node=False)
+
+    def apply(self, params, stats, obs):
+        """(dist, value [...]) for obs [..., *obs_shape]."""
+        dist_params, value = self.net.apply(
+            params, normalize_obs(stats if self.obs_norm else None, obs)
+        )
+        return self.make_dist(dist_params), value, dist_params
+
+
+def make_policy(
+    obs_space: gym.Space, action_space: gym.Space, config: NetworkConfig, obs_norm: bool
+) -> Policy:
+    """Builds the actor-critic for a pair of gymnasium spaces."""
+    param_size, make_dist = distribution_for_space(action_space, squash=config.squash)
+    gaussian_dim = action_space.shape[0] if isinstance(action_space, gym.spaces.Box) else 0
+    net = ActorCritic(
+        param_size=param_size,
+        gaussian_dim=gaussian_dim,
+        hidden=tuple(config.hidden),
+        activation=config.activation,
+        shared_torso=config.shared_torso,
+        log_std_init=config.log_std_init,
+    )
+    return Policy(net, make_dist, obs_norm)
+
+
+def sample_obs(obs_space: gym.Space, lead: tuple[int, ...] = (1,)) -> Any:
+    """A zero observation batch [*lead, ...] for initialisation."""
+    if isinstance(obs_space, gym.spaces.Dict):
+        return {k: sample_obs(s, lead) for k, s in obs_space.spaces.items()}
+    return jnp.zeros((*lead, *obs_space.shape), obs_space.dtype)

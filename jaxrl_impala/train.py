@@ -1,0 +1,772 @@
+"""The training CLI: wires actors, the transport and the learner; logs, evaluates, checkpoints.
+
+    python -m jaxrl_impala.train --config configs/driving.yaml [--set KEY=VALUE ...]
+    python -m jaxrl_impala.train --resume RUN_DIR [--set train.total_env_steps=...]
+    python -m jaxrl_impala.train --config configs/cartpole.yaml --print-config
+
+Outputs go to ``RUN_DIR`` (``run.dir``, or ``runs/<name>``): ``config.yaml``, ``metrics.jsonl``,
+TensorBoard events in ``tb/``, ``checkpoints/``, ``eval.gif`` (DrivingEnv), ``plots/*.png``
+and one log per actor in ``logs/``. Ctrl-C or SIGTERM stops the actors, writes a final
+checkpoint, removes the shared memory and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxrl_impala.config import Config, ConfigError, derived_sizes, dump_yaml, load_config, to_dict
+
+START_TIME = time.time()
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on; the message is shown to the user as one line."""
+
+
+# --------------------------------------------------------------------------- run directory
+def make_run_dir(config: Config) -> Path:
+    if config.run.dir:
+        return Path(config.run.dir)
+    name = config.run.name or time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (append, one flushed line per record) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.file = open(self.path, "a", buffering=1)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception as e:  # noqa: BLE001 - TensorBoard is optional output, never fatal
+            print(f"TensorBoard events disabled: {e}", file=sys.stderr)
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        if self.tb is not None:
+            step = int(clean["env_steps"])
+            for k, v in clean.items():
+                if k != "env_steps" and isinstance(v, int | float) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic | np.ndarray):
+        v = v.item() if np.ndim(v) == 0 else v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """``checkpoints/ckpt_<env_steps>/{state.msgpack, meta.json}``, written atomically.
+
+    The directory is assembled under a temporary name and renamed into place, so a crash
+    mid-write leaves either the previous checkpoints or a complete new one. The newest
+    ``keep`` are kept. Serialisation is flax's msgpack (no pickle).
+    """
+
+    def __init__(self, run_dir: Path, keep: int = 3):
+        self.dir = run_dir / "checkpoints"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    def save(self, state: Any, meta: dict[str, Any]) -> Path:
+        import flax.serialization
+
+        data = flax.serialization.to_bytes(state)
+        final = self.dir / f"ckpt_{int(meta['env_steps']):012d}"
+        tmp = self.dir / f".tmp_{final.name}_{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        atomic_write(tmp / "state.msgpack", data)
+        atomic_write(tmp / "meta.json", json.dumps(meta).encode())
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in self.list()[: -self.keep]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def list(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("ckpt_*") if p.is_dir())
+
+    def restore(self, template: Any) -> tuple[Any, dict[str, Any], Path] | None:
+        """The newest checkpoint that reads back whole; falls back to older ones."""
+        import flax.serialization
+
+        for path in reversed(self.list()):
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                state = flax.serialization.from_bytes(
+                    template, (path / "state.msgpack").read_bytes()
+                )
+                return state, meta, path
+            except Exception as e:  # noqa: BLE001 - any corrupt checkpoint: try the previous
+                print(
+                    f"checkpoint {path} is unreadable ({e}); trying an older one", file=sys.stderr
+                )
+        return None
+
+
+# --------------------------------------------------------------------------- actors
+class ActorSupervisor:
+    """Starts actor processes, restarts crashed ones with backoff, detects crash loops."""
+
+    def __init__(self, config: Config, run_dir: Path, queue_name: str, params_name: str):
+        self.config = config
+        self.log_dir = run_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.queue_name, self.params_name = queue_name, params_name
+        self.procs: list[subprocess.Popen | None] = [None] * config.actors.num
+        self.restart_at: list[float | None] = [None] * config.actors.num
+        self.crashes: list[deque] = [deque() for _ in range(config.actors.num)]
+        self.restarts = 0
+
+    def _start(self, i: int) -> None:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        env.pop("XLA_FLAGS", None)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxrl_impala.actor",
+            "--config-json",
+            json.dumps(to_dict(self.config)),
+            "--actor-id",
+            str(i),
+            "--queue",
+            self.queue_name,
+            "--params",
+            self.params_name,
+        ]
+        log = open(self.log_dir / f"actor_{i}.log", "ab")
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    def start_all(self) -> None:
+        for i in range(len(self.procs)):
+            self._start(i)
+
+    def log_tail(self, i: int, lines: int = 12) -> str:
+        try:
+            text = (self.log_dir / f"actor_{i}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def check(self) -> None:
+        """Restarts dead actors; raises TrainError on a crash loop."""
+        now = time.monotonic()
+        ac = self.config.actors
+        for i, proc in enumerate(self.procs):
+            if self.restart_at[i] is not None:
+                if now >= self.restart_at[i]:
+                    self.restart_at[i] = None
+                    self._start(i)
+                    self.restarts += 1
+                continue
+            if proc is None or proc.poll() is None:
+                continue
+            crashes = self.crashes[i]
+            crashes.append(now)
+            while crashes and now - crashes[0] > ac.crash_loop_window_s:
+                crashes.popleft()
+            tail = self.log_tail(i)
+            if len(crashes) > ac.crash_loop_restarts:
+                raise TrainError(
+                    f"actor {i} crashed {len(crashes)} times in {ac.crash_loop_window_s:.0f}s "
+                    f"(exit {proc.returncode}); its last output:\n{tail}"
+                )
+            delay = ac.restart_backoff_s * 2 ** (len(crashes) - 1)
+            print(
+                f"actor {i} exited with code {proc.returncode}; restarting in {delay:.1f}s"
+                + (f"\n{tail}" if proc.returncode not in (0, -9, -15) and tail else ""),
+                file=sys.stderr,
+            )
+            self.restart_at[i] = now + delay
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(config: Config, policy, params, stats, episodes: int, seed: int) -> np.ndarray:
+    """Greedy returns of ``episodes`` episodes on env seeds disjoint from training."""
+    import jax
+
+    from jaxrl_impala.actor import make_vector_env
+
+    env = make_vector_env(config, episodes)
+    step = _greedy_step(policy)
+    try:
+        obs, _ = env.reset(seed=seed)
+        returns = np.zeros(episodes)
+        done = np.zeros(episodes, bool)
+        space = env.single_action_space
+        limit = config.env.max_episode_steps or 100_000
+        for _ in range(limit + 1):
+            action = np.asarray(step(params, stats, obs, jax.random.PRNGKey(0))[0])
+            if hasattr(space, "low") and hasattr(space, "high"):
+                action = np.clip(action, space.low, space.high).astype(space.dtype)
+            obs, reward, term, trunc, _ = env.step(action)
+            returns += np.where(done, 0.0, reward)
+            done |= np.asarray(term) | np.asarray(trunc)
+            if done.all():
+                break
+        return returns
+    finally:
+        env.close()
+
+
+_GREEDY_CACHE: dict[int, Any] = {}
+
+
+def _greedy_step(policy):
+    import jax
+
+    from jaxrl_impala.learner import policy_step_fn
+
+    key = id(policy)
+    if key not in _GREEDY_CACHE:
+        _GREEDY_CACHE[key] = jax.jit(policy_step_fn(policy, greedy=True))
+    return _GREEDY_CACHE[key]
+
+
+def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int) -> bool:
+    """A GIF of one greedy DrivingEnv episode; False when the env cannot render."""
+    import jax
+
+    if config.env.id != "jaxrl_impala/Driving-v0":
+        return False
+    from jaxrl_impala.actor import make_vector_env
+    from jaxrl_impala.envs import gif as gif_lib
+
+    env = make_vector_env(config, 1)
+    step = _greedy_step(policy)
+    frames = []
+    try:
+        obs, _ = env.reset(seed=seed)
+        space = env.single_action_space
+        for _ in range(config.env.max_episode_steps or 1000):
+            frames.append(env.render_env(0) if hasattr(env, "render_env") else env.render()[0])
+            action = np.asarray(step(params, stats, obs, jax.random.PRNGKey(0))[0])
+            if hasattr(space, "low"):
+                action = np.clip(action, space.low, space.high).astype(space.dtype)
+            obs, _, term, trunc, _ = env.step(action)
+            if term[0] or trunc[0]:
+                break
+    except Exception as e:  # noqa: BLE001 - a GIF is a nicety; never fail the run for it
+        print(f"evaluation GIF skipped: {e}", file=sys.stderr)
+        return False
+    finally:
+        env.close()
+    gif_lib.write_gif(str(path), frames[::2], fps=10)
+    return True
+
+
+# --------------------------------------------------------------------------- the run
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, resume: bool):
+        self.config = config
+        self.run_dir = run_dir
+        self.resume = resume
+        self.stop_requested = False
+        self.stop_reason = ""
+
+    def request_stop(self, signum, _frame) -> None:
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.stop_reason = signal.Signals(signum).name
+
+    def run(self) -> int:
+        import jax
+
+        from jaxrl_impala.actor import env_spaces, flatten_params
+        from jaxrl_impala.learner import (
+            init_train_state,
+            make_mesh,
+            make_optimizer,
+            make_update,
+        )
+        from jaxrl_impala.networks import make_policy
+        from jaxrl_impala.transport.codec import FrameSpec, encode
+        from jaxrl_impala.transport.shm import ShmParamStore, ShmQueue
+
+        config, run_dir = self.config, self.run_dir
+        cfg_l = config.learner
+        obs_space, action_space, term_names = env_spaces(config)
+        mesh = make_mesh(cfg_l.num_devices)
+        sizes = derived_sizes(config, mesh.size)
+        steps_per_update = sizes["env_steps_per_update"]
+        total_updates = max(1, config.train.total_env_steps // steps_per_update)
+        policy = make_policy(obs_space, action_space, config.network, cfg_l.obs_norm)
+        optimizer = make_optimizer(config, total_updates)
+        key = jax.random.PRNGKey(config.train.seed)
+        key, init_key = jax.random.split(key)
+        state = init_train_state(policy, obs_space, optimizer, init_key)
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = Checkpointer(run_dir)
+        env_steps, wall_offset, episodes_total = 0, 0.0, 0
+        counters = {"frames_rejected": 0, "unrolls_dropped": 0, "actor_restarts": 0}
+        if self.resume:
+            restored = ckpt.restore(state)
+            if restored is None:
+                raise TrainError(f"--resume {run_dir}: no readable checkpoint in {ckpt.dir}")
+            state, meta, path = restored
+            env_steps = int(meta["env_steps"])
+            wall_offset = float(meta["wall_time_s"])
+            episodes_total = int(meta.get("episodes", 0))
+            counters.update({k: int(meta.get(k, 0)) for k in counters})
+            key = jax.random.fold_in(key, env_steps)
+            print(f"resumed from {path} at env_steps={env_steps}")
+        (run_dir / "config.yaml").write_text(dump_yaml(config))
+
+        update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
+        state = jax.device_put(state, replicated)
+
+        # Frame layout from a zero unroll: the spec every received frame must match.
+        example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
+        spec = FrameSpec.from_arrays(example)
+        slot_bytes = len(encode(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0}))
+        params_example = flatten_params(
+            jax.device_get(state.params), jax.device_get(state.obs_stats)
+        )
+        param_bytes = len(encode(params_example, {"version": 0})) + 4096
+
+        prefix = f"jri_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+        queue = ShmQueue.create(
+            num_producers=config.actors.num,
+            slots_per_producer=config.transport.slots_per_actor,
+            slot_bytes=slot_bytes + 4096,
+            name_prefix=prefix,
+            overflow=config.transport.overflow,
+            spec=spec,
+        )
+        store = ShmParamStore.create(param_bytes, name_prefix=prefix)
+        actors = ActorSupervisor(config, run_dir, queue.name, store.name)
+        log = MetricsLog(run_dir)
+        old_handlers = {
+            s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        version = int(state.step)
+        exit_code = 0
+        try:
+            store.publish(version, params_example)
+            actors.start_all()
+            exit_code = self._loop(
+                state,
+                key,
+                update,
+                put_batch,
+                queue,
+                store,
+                actors,
+                log,
+                ckpt,
+                spec,
+                policy,
+                env_steps,
+                wall_offset,
+                episodes_total,
+                counters,
+                steps_per_update,
+            )
+        finally:
+            signal.signal(signal.SIGINT, old_handlers[signal.SIGINT])
+            signal.signal(signal.SIGTERM, old_handlers[signal.SIGTERM])
+            actors.stop()
+            queue.close()
+            store.close()
+            log.close()
+        try:
+            from jaxrl_impala.plot import plot_run
+
+            plot_run(run_dir)
+        except Exception as e:  # noqa: BLE001 - plots are a nicety
+            print(f"plots skipped: {e}", file=sys.stderr)
+        return exit_code
+
+    def _example_unroll(self, policy, obs_space, action_space, term_names, jax) -> dict:
+        from jaxrl_impala.actor import obs_fields
+        from jaxrl_impala.networks import sample_obs
+
+        T, B = self.config.rollout.length, self.config.env.num_envs
+        params = policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
+        dist, _, dist_params = policy.apply(params, None, sample_obs(obs_space, (B,)))
+        action = np.asarray(dist.sample(jax.random.PRNGKey(0)))
+        obs = jax.tree.map(np.asarray, sample_obs(obs_space, (T + 1, B)))
+        arrays = {
+            **obs_fields(obs),
+            "actions": np.zeros((T, *action.shape), action.dtype),
+            "behaviour_logp": np.zeros((T, B), np.float32),
+            "behaviour_dist": np.zeros((T, *dist_params.shape), np.float32),
+            "rewards": np.zeros((T, B), np.float32),
+            "terminated": np.zeros((T, B), bool),
+            "truncated": np.zeros((T, B), bool),
+            "truncation_value": np.zeros((T, B), np.float32),
+            "episode_return": np.zeros((T, B), np.float32),
+            "episode_length": np.zeros((T, B), np.int32),
+        }
+        if term_names:
+            arrays["episode_terms"] = np.zeros((T, B, len(term_names)), np.float32)
+        self.term_names = term_names
+        return arrays
+
+    def _loop(
+        self,
+        state,
+        key,
+        update,
+        put_batch,
+        queue,
+        store,
+        actors,
+        log,
+        ckpt,
+        spec,
+        policy,
+        env_steps,
+        wall_offset,
+        episodes_total,
+        counters,
+        steps_per_update,
+    ) -> int:
+        import jax
+
+        from jaxrl_impala.actor import flatten_params, obs_from_fields
+
+        config = self.config
+        cfg_l, cfg_t, cfg_e = config.learner, config.train, config.eval
+        k = cfg_l.batch_unrolls
+        total = cfg_t.total_env_steps
+        version = int(state.step)
+        wall0 = START_TIME - wall_offset  # wall_time_s counts from the command's start
+        last_log = time.monotonic()
+        det = cfg_t.deterministic
+        recent_returns: deque = deque(maxlen=100)
+        term_sums: dict[str, float] = {}
+        lags: list[int] = []
+        next_log = time.monotonic() + cfg_t.log_every_s
+        next_ckpt = time.monotonic() + cfg_t.checkpoint_every_s
+        next_eval = (
+            (env_steps // cfg_e.every_env_steps + 1) * cfg_e.every_env_steps
+            if (cfg_e.every_env_steps > 0)
+            else math.inf
+        )
+        sps_window: deque = deque(maxlen=20)
+        learner_time = 0.0
+        last_eval = None
+        progress = _Progress(total, env_steps)
+        metrics_acc: dict[str, list[float]] = {}
+
+        def wall() -> float:
+            return time.time() - wall0
+
+        def save() -> None:
+            host_state = jax.device_get(state)
+            ckpt.save(
+                host_state,
+                {
+                    "env_steps": env_steps,
+                    "wall_time_s": wall(),
+                    "version": version,
+                    "episodes": episodes_total,
+                    **counters,
+                },
+            )
+
+        def do_eval() -> dict:
+            host = jax.device_get((state.params, state.obs_stats))
+            returns = evaluate(
+                config, policy, host[0], host[1], cfg_e.episodes, 1_000_000 + 1000 * cfg_t.seed
+            )
+            record = {
+                "env_steps": env_steps,
+                "wall_time_s": wall(),
+                "eval_return_mean": float(returns.mean()),
+                "eval_return_std": float(returns.std()),
+                "eval_episodes": len(returns),
+            }
+            log.write(record)
+            progress.note(f"eval return {returns.mean():.1f} +- {returns.std():.1f}")
+            return record
+
+        while env_steps < total and not self.stop_requested:
+            # --- gather k unrolls
+            frames = []
+            while len(frames) < k and not self.stop_requested:
+                counters["actor_restarts"] = actors.restarts
+                actors.check()
+                frame = queue.get(timeout=0.05)
+                if frame is None:
+                    continue
+                lag = version - int(frame.meta["policy_version"])
+                if cfg_l.max_policy_lag and lag > cfg_l.max_policy_lag:
+                    counters["unrolls_dropped"] += 1
+                    continue
+                arrays = {name: np.array(v) for name, v in frame.arrays.items()}
+                frames.append(
+                    (int(frame.meta["actor_id"]), int(frame.meta["unroll_index"]), arrays)
+                )
+                lags.append(lag)
+            if len(frames) < k:
+                break
+            if det:
+                frames.sort(key=lambda f: (f[0], f[1]))
+            cat = {n: np.concatenate([f[2][n] for f in frames], axis=1) for n in frames[0][2]}
+            done = ~np.isnan(cat["episode_return"])
+            for r in cat["episode_return"][done]:
+                recent_returns.append(float(r))
+            episodes_total += int(done.sum())
+            if "episode_terms" in cat and done.any():
+                for j, name in enumerate(self.term_names):
+                    term_sums[name] = float(cat["episode_terms"][..., j][done].mean())
+            batch = {
+                "obs": obs_from_fields(cat),
+                **{
+                    n: cat[n]
+                    for n in (
+                        "actions",
+                        "behaviour_logp",
+                        "behaviour_dist",
+                        "rewards",
+                        "terminated",
+                        "truncated",
+                        "truncation_value",
+                    )
+                },
+            }
+            # --- update
+            t_upd = time.monotonic()
+            key, sub = jax.random.split(key)
+            state, metrics = update(state, put_batch(batch), sub)
+            version += 1
+            env_steps += steps_per_update
+            if version % cfg_l.publish_every == 0 or det:
+                host = jax.device_get((state.params, state.obs_stats))
+                store.publish(version, flatten_params(*host))
+            metrics = jax.device_get(metrics)
+            learner_time += time.monotonic() - t_upd
+            for name, v in metrics.items():
+                metrics_acc.setdefault(name, []).append(float(v))
+            if not all(math.isfinite(v) for v in metrics_acc["loss"][-1:]):
+                raise TrainError(
+                    f"non-finite loss at env_steps={env_steps}; lower learner.lr or check the "
+                    f"env's rewards (the last good checkpoint is kept)"
+                )
+            sps_window.append((time.monotonic(), env_steps))
+            progress.update(env_steps)
+
+            # --- log
+            now = time.monotonic()
+            if det or now >= next_log or env_steps >= total:
+                next_log = now + cfg_t.log_every_s
+                stats = queue.stats if hasattr(queue, "stats") else {}
+                counters["frames_rejected"] = int(stats.get("frames_rejected", 0))
+                counters["unrolls_dropped"] = max(
+                    counters["unrolls_dropped"], int(stats.get("unrolls_dropped", 0))
+                )
+                t_first, s_first = sps_window[0]
+                sps = (
+                    (env_steps - s_first) / max(now - t_first, 1e-9) if len(sps_window) > 1 else 0.0
+                )
+                record = {
+                    "env_steps": env_steps,
+                    "wall_time_s": wall(),
+                    "updates": version,
+                    "sps": sps,
+                    "policy_lag_mean": float(np.mean(lags)) if lags else 0.0,
+                    "policy_lag_max": int(np.max(lags)) if lags else 0,
+                    "queue_depth": queue.qsize(),
+                    "episodes": episodes_total,
+                    "episode_return_mean": float(np.mean(recent_returns))
+                    if recent_returns
+                    else None,
+                    "learner_busy_fraction": learner_time / max(now - last_log, 1e-9),
+                    **{n: float(np.mean(v)) for n, v in metrics_acc.items()},
+                    **{f"episode_{n}": v for n, v in term_sums.items()},
+                    **{c: v for c, v in counters.items() if v},
+                }
+                if det:
+                    record.pop("learner_busy_fraction")
+                log.write(record)
+                progress.show(record, last_eval)
+                metrics_acc.clear()
+                lags.clear()
+                learner_time = 0.0
+                last_log = now
+            if env_steps >= next_eval:
+                next_eval += cfg_e.every_env_steps
+                last_eval = do_eval()
+                target = cfg_t.stop_at_eval_return
+                if target is not None and last_eval["eval_return_mean"] >= target:
+                    progress.note(f"reached eval return {target}: stopping")
+                    break
+            if time.monotonic() >= next_ckpt:
+                next_ckpt = time.monotonic() + cfg_t.checkpoint_every_s
+                save()
+
+        # --- the end: final eval (if the last one is stale), checkpoint, counters
+        progress.close()
+        if self.stop_requested:
+            print(f"stopping on {self.stop_reason} at env_steps={env_steps}")
+        elif last_eval is None or last_eval["env_steps"] != env_steps:
+            last_eval = do_eval()
+        save()
+        stats = queue.stats if hasattr(queue, "stats") else {}
+        counters["frames_rejected"] = int(stats.get("frames_rejected", 0))
+        log.write({"env_steps": env_steps, "wall_time_s": wall(), "final": True, **counters})
+        if config.eval.gif and not self.stop_requested:
+            host = jax.device_get((state.params, state.obs_stats))
+            if write_eval_gif(
+                config,
+                policy,
+                host[0],
+                host[1],
+                self.run_dir / "eval.gif",
+                1_000_000 + 1000 * cfg_t.seed,
+            ):
+                print(f"wrote {self.run_dir / 'eval.gif'}")
+        return 0
+
+
+class _Progress:
+    """A live line on a terminal (tqdm), plain lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.tty = sys.stderr.isatty()
+        self.total = total
+        self.start = time.monotonic()
+        self.initial = initial
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                unit_scale=True,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
+
+    def update(self, env_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(env_steps - self.bar.n)
+
+    def show(self, record: dict, last_eval: dict | None) -> None:
+        ret = record.get("episode_return_mean")
+        fields = {
+            "sps": f"{record['sps']:.0f}",
+            "ret": "-" if ret is None else f"{ret:.1f}",
+            "eval": "-" if last_eval is None else f"{last_eval['eval_return_mean']:.1f}",
+            "lag": f"{record['policy_lag_mean']:.1f}/{record['policy_lag_max']}",
+            "q": str(record["queue_depth"]),
+        }
+        if self.bar is not None:
+            self.bar.set_postfix(fields, refresh=True)
+            return
+        done = record["env_steps"] - self.initial
+        elapsed = time.monotonic() - self.start
+        eta = (self.total - record["env_steps"]) * elapsed / done if done > 0 else float("nan")
+        line = "  ".join(f"{k} {v}" for k, v in fields.items())
+        print(f"steps {record['env_steps']}/{self.total}  {line}  eta {eta:.0f}s", flush=True)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxrl_impala.train",
+        description="Train an agent with CPU actors and a jit-compiled learner.",
+    )
+    parser.add_argument("--config", help="YAML preset, e.g. configs/driving.yaml")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys"
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.yaml").is_file():
+                raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+            config = load_config(run_dir / "config.yaml", args.set)
+        else:
+            config = load_config(args.config, args.set)
+            run_dir = make_run_dir(config)
+        if args.print_config:
+            print(dump_yaml(config), end="")
+            return 0
+        if not args.resume and (run_dir / "metrics.jsonl").exists():
+            raise ConfigError(
+                f"run.dir {run_dir} already holds a run; use --resume {run_dir} or another run.dir"
+            )
+        print(f"run dir: {run_dir}")
+        return Trainer(config, run_dir, resume=bool(args.resume)).run()
+    except (ConfigError, TrainError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

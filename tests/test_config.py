@@ -1,0 +1,131 @@
+"""Config loading, overrides and one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from jaxrl_impala.config import ConfigError, derived_sizes, dump_yaml, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_presets_load_and_round_trip(path, tmp_path):
+    config = load_config(path)
+    again = tmp_path / "resolved.yaml"
+    again.write_text(dump_yaml(config))
+    assert load_config(again) == config
+
+
+def test_contract_keys_exist_with_defaults():
+    c = load_config()
+    assert c.env.id == "jaxrl_impala/Driving-v0"
+    assert c.learner.algo == "appo" and c.transport.kind == "shm"
+    for key in (
+        "env.num_envs",
+        "actors.num",
+        "rollout.length",
+        "learner.num_devices",
+        "transport.url",
+        "transport.prefix",
+        "train.total_env_steps",
+        "train.seed",
+        "train.deterministic",
+        "eval.every_env_steps",
+        "eval.episodes",
+        "run.dir",
+    ):
+        section, name = key.split(".")
+        assert hasattr(getattr(c, section), name), key
+
+
+def test_overrides_are_typed():
+    c = load_config(
+        None,
+        [
+            "learner.lr=1e-4",
+            "network.hidden=[32, 16]",
+            "train.deterministic=true",
+            "learner.reward_clip=null",
+            "env.kwargs.obs_mode=pixels",
+        ],
+    )
+    assert c.learner.lr == pytest.approx(1e-4)
+    assert c.network.hidden == (32, 16)
+    assert c.train.deterministic is True
+    assert c.learner.reward_clip is None
+    assert c.env.kwargs == {"obs_mode": "pixels"}
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("learner.lrr=1", "unknown config key 'learner.lrr'; valid keys in learner: algo"),
+        ("nosuch.key=1", "unknown config key 'nosuch'"),
+        ("learner.algo=dqn", "learner.algo: 'dqn' is not one of appo, impala, ppo"),
+        ("transport.kind=zmq", "transport.kind: 'zmq' is not one of shm, redis"),
+        ("env.num_envs=abc", "env.num_envs: expected an integer"),
+        ("env.num_envs=0", "env.num_envs: must be > 0"),
+        ("train.deterministic=maybe", "train.deterministic: expected true or false"),
+        ("learner.minibatches=7", "learner.minibatches=7 does not divide the batch"),
+        ("learner", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_derived_sizes_fail_loudly_on_devices():
+    c = load_config(None, ["env.num_envs=6", "learner.batch_unrolls=1", "learner.minibatches=2"])
+    assert derived_sizes(c, 1)["minibatch_size"] == 3
+    with pytest.raises(ConfigError, match="does not split over 2 devices"):
+        derived_sizes(c, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(max_size=20), value=st.text(max_size=20))
+def test_fuzzed_overrides_never_crash_with_anything_but_config_error(key, value):
+    try:
+        load_config(None, [f"{key}={value}"])
+    except ConfigError as e:
+        assert "\n" not in str(e)
+
+
+def test_cli_help_print_config_and_errors():
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "jaxrl_impala.train", *a],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    out = run("--help")
+    assert out.returncode == 0 and "--print-config" in out.stdout
+    out = run("--config", "configs/cartpole.yaml", "--set", "learner.lr=0.002", "--print-config")
+    assert out.returncode == 0 and "lr: 0.002" in out.stdout and "CartPole-v1" in out.stdout
+    out = run("--config", "configs/cartpole.yaml", "--set", "learner.bogus=1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown config key 'learner.bogus'; valid keys in learner: "
+        + out.stderr.split("valid keys in learner: ")[1].strip()
+    ]
