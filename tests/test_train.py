@@ -1,0 +1,169 @@
+"""End-to-end runs of ``python -m jaxrl_impala.train`` on a tiny config (real processes).
+
+Each run costs ~15 s on 2 cores (JAX start-up and compiles in the learner and the actors),
+so the file keeps to a handful of runs that each prove something from the contract.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
+
+
+def shm_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("jri_*")}
+
+
+def train_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jaxrl_impala.train", *args]
+
+
+def run_train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def actor_pids(proc: psutil.Process) -> list[int]:
+    return [
+        c.pid
+        for c in proc.children(recursive=True)
+        if "jaxrl_impala.actor" in " ".join(c.cmdline())
+    ]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = shm_segments()
+    yield
+    assert shm_segments() - before == set(), "shared-memory segments leaked"
+
+
+def test_deterministic_runs_write_identical_metrics(tmp_path):
+    runs = []
+    for i in range(2):
+        out = run_train(
+            "--config",
+            DEBUG,
+            "--set",
+            f"run.dir={tmp_path / str(i)}",
+            "train.deterministic=true",
+            "train.total_env_steps=1024",
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(read_metrics(tmp_path / str(i)))
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rs]  # noqa: E731
+    a, b = strip(runs[0]), strip(runs[1])
+    assert len(a) >= 5 and a == b
+    train_lines = [r for r in a if "loss" in r]
+    assert train_lines and all(r["policy_lag_max"] == 0 for r in train_lines)
+    for r in runs[0]:
+        assert "env_steps" in r and "wall_time_s" in r
+    assert any("eval_return_mean" in r and "eval_return_std" in r for r in a)
+    outputs = {p.name for p in (tmp_path / "0").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", "plots", "tb"} <= outputs
+    assert {p.name for p in (tmp_path / "0" / "plots").iterdir()} >= {
+        "learning_curve.png",
+        "throughput.png",
+        "policy_lag.png",
+    }
+
+
+def test_sigkilled_actor_is_restarted_and_the_run_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(
+            "--config",
+            DEBUG,
+            "--set",
+            f"run.dir={run_dir}",
+            "train.total_env_steps=12000",
+            "actors.restart_backoff_s=0.1",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    parent = psutil.Process(proc.pid)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        victims = actor_pids(parent)
+        assert victims, "no actor processes found"
+        os.kill(victims[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    final = read_metrics(run_dir)[-1]
+    assert final["final"] and final["actor_restarts"] >= 1 and final["env_steps"] >= 12000
+    assert "actor 0 exited" in err or "actor 1 exited" in err
+
+
+def test_sigterm_then_resume_continues_from_saved_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(
+            "--config", DEBUG, "--set", f"run.dir={run_dir}", "train.total_env_steps=1000000"
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    parent = psutil.Process(proc.pid)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 3:
+                break
+            time.sleep(0.2)
+        children = actor_pids(parent)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping on SIGTERM" in out
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
+    ), "actors outlived the learner"
+    saved = read_metrics(run_dir)[-1]["env_steps"]
+    assert 0 < saved < 1_000_000
+    out = run_train("--resume", str(run_dir), "--set", f"train.total_env_steps={saved + 2048}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"at env_steps={saved}" in out.stdout
+    after = [r for r in read_metrics(run_dir) if r["env_steps"] > saved]
+    assert after and after[-1]["env_steps"] >= saved + 2048
+    # wall-clock continues the count across the resume
+    assert (
+        min(r["wall_time_s"] for r in after)
+        > max(r["wall_time_s"] for r in read_metrics(run_dir) if r["env_steps"] <= saved) - 1e-6
+    )
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    out = run_train("--resume", str(tmp_path / "missing"))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "not a run directory" in out.stderr
+    out = run_train("--config", DEBUG, "--set", "env.id=NoSuchEnv-v9", f"run.dir={tmp_path / 'x'}")
+    assert out.returncode == 2 and "NoSuchEnv-v9" in out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
