@@ -1,0 +1,99 @@
+"""What every transport provides: a bounded unroll queue (many actors -> one learner) and a
+latest-parameters store (one learner -> many actors).
+
+Implementations: `shm.py` (embedded default, one host) and, later, Redis. Both pass
+`tests/test_transport_contract.py`. Everything that crosses the transport is a `codec` frame:
+never pickle. Handles a child process needs are plain strings and ints, so actors can be
+started with `subprocess.Popen` and attach by name.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from jaxrl_impala.transport.codec import Frame
+
+__all__ = ["ParamStore", "TrajectoryConsumer", "TrajectoryProducer", "TrajectoryQueue"]
+
+
+@runtime_checkable
+class TrajectoryProducer(Protocol):
+    """The actor's end of the unroll queue."""
+
+    def put(
+        self, arrays: dict[str, np.ndarray], meta: dict[str, int], timeout: float | None = None
+    ) -> bool:
+        """Enqueue one unroll. False on timeout (queue full under the `block` policy) or when
+        the queue is closed / its owner is gone; never pickles; raises only on caller errors
+        (an unframeable dtype, or an unroll larger than a slot)."""
+        ...
+
+    def close(self) -> None:
+        """Detach. Never destroys the queue."""
+        ...
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since attach, e.g. ``put``, ``unrolls_dropped``."""
+        ...
+
+
+@runtime_checkable
+class TrajectoryConsumer(Protocol):
+    """The learner's end of the unroll queue."""
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The next validated unroll, or None on timeout (or once closed).
+
+        The frame's arrays may be views into transport memory: they stay valid until the next
+        `get` or `release(frame)` call on this queue, so copy what you keep. Corrupt frames
+        are dropped and counted in ``stats["frames_rejected"]``, never raised.
+        """
+        ...
+
+    def release(self, frame: Frame) -> None:
+        """Hand the frame's memory back early (optional; the next `get` does it anyway)."""
+        ...
+
+    def qsize(self) -> int:
+        """Unroll frames waiting (a snapshot; approximate while producers run)."""
+        ...
+
+    def close(self) -> None:
+        """Close the queue: producers' `put` returns False from now on; owned resources
+        (segments, keys) are removed. Idempotent."""
+        ...
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """At least ``got``, ``frames_rejected`` and ``unrolls_dropped``."""
+        ...
+
+
+@runtime_checkable
+class TrajectoryQueue(TrajectoryProducer, TrajectoryConsumer, Protocol):
+    """A transport whose single handle is both ends (e.g. a Redis list)."""
+
+
+@runtime_checkable
+class ParamStore(Protocol):
+    """Latest policy parameters plus their version. One writer (the learner), many readers."""
+
+    def publish(self, version: int, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the stored parameters (learner only). Versions should increase."""
+        ...
+
+    def fetch(self, newer_than: int = -1) -> tuple[int, dict[str, np.ndarray]] | None:
+        """``(version, arrays)`` if the stored version is > `newer_than`, else None.
+
+        Never blocks on the writer and never returns a torn mix of two versions: if a
+        consistent read cannot be had quickly it returns None and the caller tries later.
+        The arrays are private copies.
+        """
+        ...
+
+    def close(self) -> None:
+        """Detach; the owner also removes the store. Idempotent."""
+        ...
