@@ -1,7 +1,7 @@
 """Actor process: steps a vector env on the CPU, acts with the latest params, ships unrolls.
 
 Started by the trainer as ``python -m jaxrl_impala.actor --config-json ... --actor-id I
---queue NAME --params NAME`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set
+--address JSON`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set
 before JAX is imported). Everything it receives on its command line is plain text, and
 everything it sends is a codec frame: no pickle crosses the process boundary.
 
@@ -252,34 +252,44 @@ def _die_with_parent() -> None:
             pass
 
 
-def run(config: Config, actor_id: int, queue_name: str, params_name: str) -> int:
-    from jaxrl_impala.transport.shm import ShmParamStore, ShmQueue
+def run(config: Config, actor_id: int, address: dict) -> int:
+    """The actor loop; returns 0 when the learner closes the queue or goes away."""
+    from jaxrl_impala.transport import connect_actor
 
     parent = os.getppid()
-    queue = ShmQueue.attach(queue_name, actor_id)
-    store = ShmParamStore.attach(params_name)
+    queue, store = connect_actor(address, actor_id)
+
+    def learner_gone() -> bool:
+        # A standalone actor (another host) has no learner parent to watch.
+        orphaned = address.get("kind") == "shm" and os.getppid() != parent
+        return queue.closed or orphaned or not queue.owner_alive()
+
     rollout = Rollout(config, actor_id)
     deterministic = config.train.deterministic
     per_version = max(1, config.learner.batch_unrolls // config.actors.num)
     version = -1
-    while True:
-        want = rollout.unroll_index // per_version if deterministic else 0
-        # Wait for params: always for the first ones; in lock-step mode, for the version
-        # this unroll must be acted with.
+    try:
         while True:
-            got = store.fetch(newer_than=version)
-            if got is not None:
-                version, arrays = got
-                rollout.set_params(arrays)
-            if version >= want:
-                break
-            if queue.closed or os.getppid() != parent or not queue.owner_alive():
-                return 0
-            time.sleep(0.001)
-        arrays, meta = rollout.unroll(version)
-        while not queue.put(arrays, meta, timeout=1.0):
-            if queue.closed or os.getppid() != parent or not queue.owner_alive():
-                return 0
+            want = rollout.unroll_index // per_version if deterministic else 0
+            # Wait for params: always for the first ones; in lock-step mode, for the
+            # version this unroll must be acted with.
+            while True:
+                got = store.fetch(newer_than=version)
+                if got is not None:
+                    version, arrays = got
+                    rollout.set_params(arrays)
+                if version >= want:
+                    break
+                if learner_gone():
+                    return 0
+                time.sleep(0.001)
+            arrays, meta = rollout.unroll(version)
+            while not queue.put(arrays, meta, timeout=1.0):
+                if learner_gone():
+                    return 0
+    finally:
+        queue.close()
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a YAML config file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--actor-id", type=int, required=True)
-    parser.add_argument("--queue", required=True, help="shared-memory queue name")
-    parser.add_argument("--params", required=True, help="shared-memory param store name")
+    parser.add_argument(
+        "--address", required=True, help="transport address as JSON (set by the trainer)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when actors stop
     _die_with_parent()
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"actor {args.actor_id}: config error: {e}", file=sys.stderr)
         return 2
-    return run(config, args.actor_id, args.queue, args.params)
+    return run(config, args.actor_id, json.loads(args.address))
 
 
 if __name__ == "__main__":

@@ -149,11 +149,11 @@ class Checkpointer:
 class ActorSupervisor:
     """Starts actor processes, restarts crashed ones with backoff, detects crash loops."""
 
-    def __init__(self, config: Config, run_dir: Path, queue_name: str, params_name: str):
+    def __init__(self, config: Config, run_dir: Path, address: dict):
         self.config = config
         self.log_dir = run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.queue_name, self.params_name = queue_name, params_name
+        self.address = address
         self.procs: list[subprocess.Popen | None] = [None] * config.actors.num
         self.restart_at: list[float | None] = [None] * config.actors.num
         self.crashes: list[deque] = [deque() for _ in range(config.actors.num)]
@@ -170,10 +170,8 @@ class ActorSupervisor:
             json.dumps(to_dict(self.config)),
             "--actor-id",
             str(i),
-            "--queue",
-            self.queue_name,
-            "--params",
-            self.params_name,
+            "--address",
+            json.dumps(self.address),
         ]
         log = open(self.log_dir / f"actor_{i}.log", "ab")
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -337,8 +335,7 @@ class Trainer:
             make_update,
         )
         from jaxrl_impala.networks import make_policy
-        from jaxrl_impala.transport.codec import FrameSpec, encode
-        from jaxrl_impala.transport.shm import ShmParamStore, ShmQueue
+        from jaxrl_impala.transport import FrameSpec, create_transport, encoded_size
 
         config, run_dir = self.config, self.run_dir
         cfg_l = config.learner
@@ -376,23 +373,23 @@ class Trainer:
         # Frame layout from a zero unroll: the spec every received frame must match.
         example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
         spec = FrameSpec.from_arrays(example)
-        slot_bytes = len(encode(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0}))
+        slot_bytes = encoded_size(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0})
         params_example = flatten_params(
             jax.device_get(state.params), jax.device_get(state.obs_stats)
         )
-        param_bytes = len(encode(params_example, {"version": 0})) + 4096
+        param_bytes = encoded_size(params_example, {"version": 0}) + 4096
 
-        prefix = f"jri_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-        queue = ShmQueue.create(
+        transport = create_transport(
+            config.transport.kind,
             num_producers=config.actors.num,
             slots_per_producer=config.transport.slots_per_actor,
-            slot_bytes=slot_bytes + 4096,
-            name_prefix=prefix,
+            slot_bytes=slot_bytes,
+            param_bytes=param_bytes,
             overflow=config.transport.overflow,
             spec=spec,
         )
-        store = ShmParamStore.create(param_bytes, name_prefix=prefix)
-        actors = ActorSupervisor(config, run_dir, queue.name, store.name)
+        queue, store = transport.queue, transport.params
+        actors = ActorSupervisor(config, run_dir, transport.address)
         log = MetricsLog(run_dir)
         old_handlers = {
             s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
@@ -424,8 +421,7 @@ class Trainer:
             signal.signal(signal.SIGINT, old_handlers[signal.SIGINT])
             signal.signal(signal.SIGTERM, old_handlers[signal.SIGTERM])
             actors.stop()
-            queue.close()
-            store.close()
+            transport.close()
             log.close()
         try:
             from jaxrl_impala.plot import plot_run
