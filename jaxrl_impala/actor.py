@@ -73,12 +73,20 @@ def make_vector_env(config: Config, num_envs: int) -> gym.vector.VectorEnv:
         raise ConfigError(f"env.kwargs for {ec.id!r}: {e}") from None
 
 
+def reward_term_names(config: Config) -> tuple[str, ...]:
+    """Names of the per-term rewards the env reports in ``info["reward_terms"]``."""
+    if config.env.id == DRIVING_ID:
+        from jaxrl_impala.envs import REWARD_TERMS
+
+        return tuple(REWARD_TERMS)
+    return ()
+
+
 def env_spaces(config: Config) -> tuple[gym.Space, gym.Space, tuple[str, ...]]:
     """(single observation space, single action space, reward-term names) of the env."""
     env = make_vector_env(config, 1)
     try:
-        terms = tuple(getattr(env, "reward_term_names", ()))
-        return env.single_observation_space, env.single_action_space, terms
+        return env.single_observation_space, env.single_action_space, reward_term_names(config)
     finally:
         env.close()
 
@@ -143,7 +151,7 @@ class Rollout:
         self.T = config.rollout.length
         self.B = config.env.num_envs
         self.env = env if env is not None else make_vector_env(config, self.B)
-        self.term_names = tuple(getattr(self.env, "reward_term_names", ()))
+        self.term_names = reward_term_names(config)
         obs_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
         self.policy = make_policy(

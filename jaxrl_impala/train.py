@@ -373,7 +373,10 @@ class Trainer:
         # Frame layout from a zero unroll: the spec every received frame must match.
         example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
         spec = FrameSpec.from_arrays(example)
-        slot_bytes = encoded_size(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0})
+        # Slack for the header: meta integers grow digits as the run goes on.
+        slot_bytes = (
+            encoded_size(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0}) + 4096
+        )
         params_example = flatten_params(
             jax.device_get(state.params), jax.device_get(state.obs_stats)
         )
