@@ -2,8 +2,11 @@
 
 Started by the trainer as ``python -m jaxrl_impala.actor --config-json ... --actor-id I
 --address JSON`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set
-before JAX is imported). Everything it receives on its command line is plain text, and
-everything it sends is a codec frame: no pickle crosses the process boundary.
+before JAX is imported), or by hand on any host to join a running learner over Redis:
+``python -m jaxrl_impala.actor --config C --set transport.kind=redis transport.url=URL
+--actor-id N`` (the address comes from ``transport.url`` / ``transport.prefix``).
+Everything it receives on its command line is plain text, and everything it sends is a
+codec frame: no pickle crosses the process boundary.
 
 An Unroll (one ``put``) holds, time-major, for B = ``env.num_envs`` columns:
   obs [T+1, B, ...] (``obs__<key>`` per key for dict observations), actions [T, B, ...],
@@ -307,20 +310,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--actor-id", type=int, required=True)
     parser.add_argument(
-        "--address", required=True, help="transport address as JSON (set by the trainer)"
+        "--address",
+        help="transport address as JSON (set by the trainer); without it (a standalone actor, "
+        "e.g. on another host) the Redis transport.url and transport.prefix of the config",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when actors stop
-    _die_with_parent()
+    if args.address is not None:  # started by the trainer: the learner decides when we stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent()
+    from jaxrl_impala.transport import RedisTransportError, redis_address
+
     try:
         if args.config_json:
             config = from_dict(json.loads(args.config_json))
         else:
             config = load_config(args.config, args.set)
+        if args.address is None and config.transport.kind != "redis":
+            raise ConfigError(
+                "a standalone actor (no --address) needs transport.kind=redis and transport.url"
+            )
     except ConfigError as e:
         print(f"actor {args.actor_id}: config error: {e}", file=sys.stderr)
         return 2
-    return run(config, args.actor_id, json.loads(args.address))
+    if args.address is not None:
+        address = json.loads(args.address)
+    else:
+        address = redis_address(config.transport.url, config.transport.prefix)
+    try:
+        return run(config, args.actor_id, address)
+    except RedisTransportError as e:
+        print(f"actor {args.actor_id}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from jaxrl_impala.config import Config, ConfigError, derived_sizes, dump_yaml, load_config, to_dict
@@ -251,7 +252,7 @@ def evaluate(config: Config, policy, params, stats, episodes: int, seed: int) ->
         limit = config.env.max_episode_steps or 100_000
         for _ in range(limit + 1):
             action = np.asarray(step(params, stats, obs, jax.random.PRNGKey(0))[0])
-            if hasattr(space, "low") and hasattr(space, "high"):
+            if isinstance(space, gym.spaces.Box):
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
             obs, reward, term, trunc, _ = env.step(action)
             returns += np.where(done, 0.0, reward)
@@ -278,34 +279,37 @@ def _greedy_step(policy):
 
 
 def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int) -> bool:
-    """A GIF of one greedy DrivingEnv episode; False when the env cannot render."""
+    """A GIF of one greedy DrivingEnv episode; False when the env is not DrivingEnv."""
     import jax
 
     if config.env.id != "jaxrl_impala/Driving-v0":
         return False
-    from jaxrl_impala.actor import make_vector_env
-    from jaxrl_impala.envs import gif as gif_lib
+    from jaxrl_impala.envs import DrivingVectorEnv, write_gif
 
-    env = make_vector_env(config, 1)
+    kwargs = dict(config.env.kwargs)
+    if config.env.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = config.env.max_episode_steps
     step = _greedy_step(policy)
     frames = []
+    env = DrivingVectorEnv(1, render_mode="rgb_array", **kwargs)
     try:
         obs, _ = env.reset(seed=seed)
         space = env.single_action_space
-        for _ in range(config.env.max_episode_steps or 1000):
-            frames.append(env.render_env(0) if hasattr(env, "render_env") else env.render()[0])
+        while True:
+            frames.append(env.render())
             action = np.asarray(step(params, stats, obs, jax.random.PRNGKey(0))[0])
-            if hasattr(space, "low"):
+            if isinstance(space, gym.spaces.Box):
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
             obs, _, term, trunc, _ = env.step(action)
             if term[0] or trunc[0]:
+                frames.append(env.render())
                 break
     except Exception as e:  # noqa: BLE001 - a GIF is a nicety; never fail the run for it
         print(f"evaluation GIF skipped: {e}", file=sys.stderr)
         return False
     finally:
         env.close()
-    gif_lib.write_gif(str(path), frames[::2], fps=10)
+    write_gif(str(path), frames[::2], fps=10)
     return True
 
 
@@ -335,7 +339,12 @@ class Trainer:
             make_update,
         )
         from jaxrl_impala.networks import make_policy
-        from jaxrl_impala.transport import FrameSpec, create_transport, encoded_size
+        from jaxrl_impala.transport import (
+            FrameSpec,
+            RedisTransportError,
+            create_transport,
+            encoded_size,
+        )
 
         config, run_dir = self.config, self.run_dir
         cfg_l = config.learner
@@ -382,15 +391,21 @@ class Trainer:
         )
         param_bytes = encoded_size(params_example, {"version": 0}) + 4096
 
-        transport = create_transport(
-            config.transport.kind,
-            num_producers=config.actors.num,
-            slots_per_producer=config.transport.slots_per_actor,
-            slot_bytes=slot_bytes,
-            param_bytes=param_bytes,
-            overflow=config.transport.overflow,
-            spec=spec,
-        )
+        cfg_tr = config.transport
+        try:
+            transport = create_transport(
+                cfg_tr.kind,
+                num_producers=config.actors.num,
+                slots_per_producer=cfg_tr.slots_per_actor,
+                slot_bytes=slot_bytes,
+                param_bytes=param_bytes,
+                overflow=cfg_tr.overflow,
+                spec=spec,
+                # shm names its segments per run; Redis keys are shared with remote actors
+                **({"url": cfg_tr.url, "prefix": cfg_tr.prefix} if cfg_tr.kind == "redis" else {}),
+            )
+        except RedisTransportError as e:
+            raise TrainError(str(e)) from None
         queue, store = transport.queue, transport.params
         actors = ActorSupervisor(config, run_dir, transport.address)
         log = MetricsLog(run_dir)
@@ -491,6 +506,10 @@ class Trainer:
         wall0 = START_TIME - wall_offset  # wall_time_s counts from the command's start
         last_log = time.monotonic()
         det = cfg_t.deterministic
+        # Unrolls dropped for policy lag here, plus what the queue dropped (the queue's own
+        # counter restarts with the process; a resumed run starts from the saved count).
+        lag_dropped, dropped_before = 0, counters["unrolls_dropped"]
+        rejected_before, restarts_before = counters["frames_rejected"], counters["actor_restarts"]
         recent_returns: deque = deque(maxlen=100)
         term_sums: dict[str, float] = {}
         lags: list[int] = []
@@ -543,14 +562,14 @@ class Trainer:
             # --- gather k unrolls
             frames = []
             while len(frames) < k and not self.stop_requested:
-                counters["actor_restarts"] = actors.restarts
+                counters["actor_restarts"] = restarts_before + actors.restarts
                 actors.check()
                 frame = queue.get(timeout=0.05)
                 if frame is None:
                     continue
                 lag = version - int(frame.meta["policy_version"])
                 if cfg_l.max_policy_lag and lag > cfg_l.max_policy_lag:
-                    counters["unrolls_dropped"] += 1
+                    lag_dropped += 1
                     continue
                 arrays = {name: np.array(v) for name, v in frame.arrays.items()}
                 frames.append(
@@ -610,9 +629,9 @@ class Trainer:
             if det or now >= next_log or env_steps >= total:
                 next_log = now + cfg_t.log_every_s
                 stats = queue.stats if hasattr(queue, "stats") else {}
-                counters["frames_rejected"] = int(stats.get("frames_rejected", 0))
-                counters["unrolls_dropped"] = max(
-                    counters["unrolls_dropped"], int(stats.get("unrolls_dropped", 0))
+                counters["frames_rejected"] = rejected_before + int(stats.get("frames_rejected", 0))
+                counters["unrolls_dropped"] = (
+                    dropped_before + lag_dropped + int(stats.get("unrolls_dropped", 0))
                 )
                 t_first, s_first = sps_window[0]
                 sps = (
@@ -660,9 +679,13 @@ class Trainer:
             print(f"stopping on {self.stop_reason} at env_steps={env_steps}")
         elif last_eval is None or last_eval["env_steps"] != env_steps:
             last_eval = do_eval()
-        save()
         stats = queue.stats if hasattr(queue, "stats") else {}
-        counters["frames_rejected"] = int(stats.get("frames_rejected", 0))
+        counters["frames_rejected"] = rejected_before + int(stats.get("frames_rejected", 0))
+        counters["unrolls_dropped"] = (
+            dropped_before + lag_dropped + int(stats.get("unrolls_dropped", 0))
+        )
+        counters["actor_restarts"] = restarts_before + actors.restarts
+        save()
         log.write({"env_steps": env_steps, "wall_time_s": wall(), "final": True, **counters})
         if config.eval.gif and not self.stop_requested:
             host = jax.device_get((state.params, state.obs_stats))

@@ -1,0 +1,337 @@
+"""Redis specifics against a real ``redis-server`` on a free loopback port: a run learns over
+Redis, hostile frames are rejected during a run, a standalone actor joins it, the run survives
+a server restart, and bad URLs are one-line errors with the password masked.
+
+Training runs cost ~15 s each of JAX start-up on 2 cores, so there are three of them; the
+transport itself is covered by `test_transport_contract.py` (parametrised over Redis too).
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis_server import RedisServer, find_redis_server, free_port, redis_server  # noqa: F401
+
+from jaxrl_impala.transport import (
+    RedisTransportError,
+    connect_actor,
+    create_transport,
+    decode,
+    encode,
+    make_prefix,
+    mask_url,
+    redis_address,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+CARTPOLE = str(ROOT / "configs" / "cartpole.yaml")
+CHILD_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def train(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxrl_impala.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=CHILD_ENV,
+        **kwargs,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class MakesMarker:
+    """A pickle payload: unpickling it creates `path` (it must never be unpickled)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
+def test_cartpole_learns_over_redis(redis_server, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    proc = train(
+        "--config",
+        CARTPOLE,
+        "--set",
+        "transport.kind=redis",
+        f"transport.url={redis_server.url}",
+        "transport.prefix=jri_cartpole",
+        f"run.dir={run_dir}",
+        "train.stop_at_eval_return=200",  # the preset's budget (200k) is the upper bound
+    )
+    out, err = finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    metrics = read_metrics(run_dir)
+    evals = [r["eval_return_mean"] for r in metrics if "eval_return_mean" in r]
+    # Random play scores ~20; shm reaches 200 by ~20-30k steps with this preset (and 475+
+    # in 20-120k, benchmarks/cartpole_solve.py); the run stops at the first eval >= 200.
+    assert evals and evals[-1] >= 200, evals
+    assert metrics[-1]["final"] and metrics[-1]["frames_rejected"] == 0
+    client = redis_server.client()
+    assert {k.decode() for k in client.keys("jri_cartpole*")} == {"jri_cartpole:closed"}
+
+
+@pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
+def test_hostile_frames_are_rejected_and_a_standalone_actor_joins(redis_server, tmp_path):  # noqa: F811
+    prefix = make_prefix("jri_hostile")
+    url = redis_server.url
+    run_dir = tmp_path / "run"
+    common = ["transport.kind=redis", f"transport.url={url}", f"transport.prefix={prefix}"]
+    proc = train(
+        "--config",
+        DEBUG,
+        "--set",
+        *common,
+        f"run.dir={run_dir}",
+        "train.total_env_steps=24000",
+        "eval.every_env_steps=0",
+    )
+    # An extra actor "on another host": id >= actors.num, knows only the config and the URL.
+    standalone = subprocess.Popen(
+        [sys.executable, "-m", "jaxrl_impala.actor", "--config", DEBUG, "--set", *common]
+        + ["--actor-id", "7"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=CHILD_ENV,
+    )
+    marker = tmp_path / "unpickled"
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(MakesMarker(str(control))))  # the payload is live ...
+    assert control.exists()
+    try:
+        client = redis_server.client()
+        queue_key = f"{prefix}:unrolls"
+        good = wait_for(lambda: client.lindex(queue_key, 0), 60, "a first unroll", proc)
+        frame = decode(good)
+        arrays = {k: np.array(v) for k, v in frame.arrays.items()}
+        wrong_dtype = {**arrays, "obs": arrays["obs"].astype(np.float64)}
+        wrong_shape = {**arrays, "obs": np.concatenate([arrays["obs"], arrays["obs"][:1]])}
+        hostile = [
+            os.urandom(2000),
+            good[:-10],  # truncated
+            encode(wrong_dtype, frame.meta),
+            encode(wrong_shape, frame.meta),
+            pickle.dumps(MakesMarker(str(marker))),  # ... but must never be unpickled here
+        ]
+        client.rpush(queue_key, *hostile)
+
+        def standalone_frame_seen():
+            for data in client.lrange(queue_key, 0, -1):
+                try:
+                    if decode(data).meta.get("actor_id") == 7:
+                        return True
+                except ValueError:
+                    pass
+            return False
+
+        wait_for(standalone_frame_seen, 60, "an unroll from the standalone actor", proc)
+        out, err = finish(proc)
+        assert proc.returncode == 0, err[-3000:]
+        # The learner wrote the closed marker: the standalone actor stops by itself.
+        s_out, s_err = standalone.communicate(timeout=20)
+        assert standalone.returncode == 0, s_err[-3000:]
+    finally:
+        for p in (proc, standalone):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    final = read_metrics(run_dir)[-1]
+    assert final["final"] and final["env_steps"] >= 24000
+    assert final["frames_rejected"] == len(hostile)
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
+def test_run_survives_a_redis_restart(tmp_path):
+    run_dir = tmp_path / "run"
+    with RedisServer() as server:
+        proc = train(
+            "--config",
+            DEBUG,
+            "--set",
+            "transport.kind=redis",
+            f"transport.url={server.url}",
+            f"run.dir={run_dir}",
+            "train.total_env_steps=16000",
+            "eval.every_env_steps=0",
+        )
+        try:
+            training = lambda: [r for r in read_metrics(run_dir) if "loss" in r]  # noqa: E731
+            before = wait_for(training, 90, "the first training line", proc)
+            server.restart(pause=1.5)
+            restarted_at = before[-1]["env_steps"]
+            out, err = finish(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "learner lost Redis" in err and "learner reconnected" in err
+    metrics = read_metrics(run_dir)
+    assert metrics[-1]["final"] and metrics[-1]["env_steps"] >= 16000
+    after = [r for r in metrics if "loss" in r and r["env_steps"] > restarted_at + 2000]
+    assert after, "no training progress after the restart"
+    actor_logs = " ".join(p.read_text() for p in (run_dir / "logs").glob("actor_*.log"))
+    assert "reconnected" in actor_logs
+    assert metrics[-1].get("actor_restarts", 0) == 0  # the actors rode it out
+
+
+# ----------------------------------------------------------------------------- bad URLs
+
+
+def _error(url: str, actor: bool = False) -> str:
+    with pytest.raises(RedisTransportError) as info:
+        if actor:
+            connect_actor(redis_address(url, "jri_bad"), 0)
+        else:
+            create_transport(
+                "redis",
+                num_producers=1,
+                slots_per_producer=1,
+                slot_bytes=1024,
+                param_bytes=1024,
+                prefix="jri_bad",
+                url=url,
+            )
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_mask_url():
+    assert mask_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+    assert mask_url("rediss://:pw@h:1/0") == "rediss://:***@h:1/0"
+    assert mask_url("redis://h:1/0?password=pw") == "redis://h:1/0?password=***"
+    assert mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+@pytest.mark.parametrize("actor", [False, True])
+def test_bad_scheme_and_unreachable_server(actor):
+    message = _error("http://:hunter2@127.0.0.1:6379/0", actor)
+    assert "scheme http://" in message and "http://:***@127.0.0.1:6379/0" in message
+    assert "hunter2" not in message
+    port = free_port()  # nothing listens there
+    message = _error(f"redis://:hunter2@127.0.0.1:{port}/0", actor)
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
+def test_wrong_password():
+    with RedisServer(password="s3cret") as server:
+        for actor in (False, True):
+            url = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
+            message = _error(url, actor)
+            assert f"Redis at redis://:***@127.0.0.1:{server.port}/0 rejected the credentials" in (
+                message
+            )
+            assert "wrong-pw" not in message
+        # the right password works, and the learner's keys go away on close
+        t = create_transport(
+            "redis",
+            num_producers=1,
+            slots_per_producer=1,
+            slot_bytes=1024,
+            param_bytes=1024,
+            prefix="jri_auth",
+            url=server.url,
+        )
+        t.close()
+        assert server.client().keys("jri_auth*") == [b"jri_auth:closed"]
+
+
+def test_standalone_actor_cli_reports_a_bad_url_in_one_line():
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrl_impala.actor", "--config", DEBUG, "--set"]
+        + ["transport.kind=redis", f"transport.url=redis://bob:hunter2@127.0.0.1:{port}/0"]
+        + ["--actor-id", "3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=CHILD_ENV,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hunter2" not in out.stderr, out.stderr
+    assert f"actor 3: error: cannot reach Redis at redis://bob:***@127.0.0.1:{port}/0" in lines[0]
+
+
+# ----------------------------------------------------------------------------- liveness
+
+
+@pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
+def test_prefix_in_use_and_actor_liveness(redis_server):  # noqa: F811
+    kwargs = dict(num_producers=1, slots_per_producer=2, slot_bytes=4096, param_bytes=4096)
+    prefix = make_prefix("jri_live")
+    t = create_transport("redis", prefix=prefix, url=redis_server.url, **kwargs)
+    try:
+        with pytest.raises(RedisTransportError, match="in use by a live learner"):
+            create_transport("redis", prefix=prefix, url=redis_server.url, **kwargs)
+        producer, reader = connect_actor(redis_address(redis_server.url, prefix), 42)
+        assert producer.owner_alive() and not producer.closed
+        assert producer.put({"x": np.zeros(3)}, {"actor_id": 42}, timeout=1)
+        assert t.queue.get(timeout=1).meta == {"actor_id": 42}  # any id: ids are metadata
+    finally:
+        t.close()
+    time.sleep(0.3)  # let the status cache expire
+    assert producer.closed and not producer.owner_alive()
+    assert producer.put({"x": np.zeros(3)}, {}, timeout=5) is False  # at once
+    producer.close()
+    reader.close()
+
+    # A learner that vanished without closing (SIGKILL): its heartbeat expires, and actors
+    # give up only after `stale_after` seconds without one.
+    orphan = connect_actor(redis_address(redis_server.url, make_prefix("jri_none")), 0)
+    orphan[0].stale_after = 0.5
+    start = time.monotonic()
+    assert orphan[0].put({"x": np.zeros(3)}, {}, timeout=5) is False
+    assert 0.4 < time.monotonic() - start < 2.0
+    assert not orphan[0].owner_alive() and not orphan[0].closed
+    for h in orphan:
+        h.close()
