@@ -203,6 +203,29 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Several learner processes (one per host) training one model with ``jax.distributed``.
+
+    Every process runs the same jitted update on a global mesh over all processes' devices
+    (each pulls its share of unrolls from the shared Redis queue, so ``transport.kind`` must be
+    ``redis``); process 0 publishes params and writes metrics, checkpoints and evaluations.
+
+    coordinator: ``host:port`` of the coordinator service, which process 0 hosts; ``""``: one
+      process (off); ``auto``: let ``jax.distributed.initialize()`` detect the cluster (SLURM,
+      Open MPI, Kubernetes, or the ``JAX_COORDINATOR_ADDRESS`` environment variable, with
+      ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` honoured by JAX's detectors).
+    num_processes: learner processes in the run (with ``auto``: leave at 1 to detect it).
+    process_id: this process's id in ``0 .. num_processes-1`` (with ``auto``: detected).
+    init_timeout_s: seconds to wait for every process to join before failing.
+    """
+
+    coordinator: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    init_timeout_s: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -215,6 +238,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -240,6 +264,8 @@ POSITIVE = {
     "train.log_every_s",
     "train.checkpoint_every_s",
     "eval.episodes",
+    "distributed.num_processes",
+    "distributed.init_timeout_s",
 }
 
 
@@ -402,17 +428,29 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return from_dict(data)
 
 
-def derived_sizes(config: Config, num_devices: int) -> dict[str, int]:
+def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Batch sizes of the update, checked for divisibility.
 
+    Args:
+      config: the run's config.
+      num_devices: devices the batch is sharded over, all processes together.
+      num_processes: learner processes; each gathers an equal share of the unrolls.
+
     Returns:
-      ``batch_size`` (columns per update), ``minibatch_size`` (columns per minibatch) and
-      ``env_steps_per_update``.
+      ``batch_size`` (columns per update, all processes together), ``minibatch_size``
+      (columns per minibatch), ``env_steps_per_update`` (all processes together) and
+      ``local_batch_unrolls`` (unrolls each process gathers per update).
 
     Raises:
-      ConfigError: when the batch does not split into minibatches or over the devices.
+      ConfigError: when the batch does not split into minibatches, over the devices, or over
+        the processes.
     """
     lc = config.learner
+    if lc.batch_unrolls % num_processes:
+        raise ConfigError(
+            f"learner.batch_unrolls={lc.batch_unrolls} does not split over {num_processes} "
+            f"learner processes (distributed.num_processes); make it a multiple"
+        )
     batch = lc.batch_unrolls * config.env.num_envs
     minibatches = 1 if lc.algo == "impala" else lc.minibatches
     if batch % minibatches:
@@ -423,14 +461,16 @@ def derived_sizes(config: Config, num_devices: int) -> dict[str, int]:
     minibatch = batch // minibatches
     if minibatch % num_devices:
         raise ConfigError(
-            f"the minibatch of {minibatch} columns does not split over {num_devices} devices; "
-            f"change env.num_envs, learner.batch_unrolls or learner.minibatches, "
+            f"the minibatch of {minibatch} columns (learner.batch_unrolls * env.num_envs / "
+            f"learner.minibatches) does not split over {num_devices} devices; change "
+            f"env.num_envs, learner.batch_unrolls or learner.minibatches, "
             f"or set learner.num_devices"
         )
     return {
         "batch_size": batch,
         "minibatch_size": minibatch,
         "env_steps_per_update": batch * config.rollout.length,
+        "local_batch_unrolls": lc.batch_unrolls // num_processes,
     }
 
 
@@ -443,7 +483,35 @@ def validate(config: Config) -> None:
         )
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
-    derived_sizes(config, 1)
+    dc = config.distributed
+    if not 0 <= dc.process_id < dc.num_processes:
+        raise ConfigError(
+            f"distributed.process_id={dc.process_id} must be in 0..{dc.num_processes - 1} "
+            f"(distributed.num_processes={dc.num_processes})"
+        )
+    if dc.num_processes > 1 and not dc.coordinator:
+        raise ConfigError(
+            f"distributed.num_processes={dc.num_processes} needs distributed.coordinator "
+            f"(host:port of process 0, or auto on a cluster scheduler)"
+        )
+    check_multiprocess(config, dc.num_processes)
+    derived_sizes(config, 1, dc.num_processes)
+
+
+def check_multiprocess(config: Config, num_processes: int) -> None:
+    """What a run with several learner processes needs (also called once the process count
+    is known, e.g. after ``distributed.coordinator=auto`` detected it)."""
+    if num_processes <= 1:
+        return
+    if config.transport.kind != "redis":
+        raise ConfigError(
+            f"{num_processes} learner processes (distributed) need transport.kind=redis and "
+            f"transport.url: every process pulls its share of unrolls from the shared queue"
+        )
+    if config.train.deterministic:
+        raise ConfigError(
+            "train.deterministic runs one learner process; set distributed.num_processes=1"
+        )
 
 
 def dump_yaml(config: Config) -> str:

@@ -1,8 +1,11 @@
 """The learner: TrainState and ONE jit-compiled update for appo, impala and ppo.
 
 The batch is time-major, ``[T+1, N]`` observations and ``[T, N]`` everything else, with the
-N columns sharded over a 1-D ``jax.sharding.Mesh`` of local devices (params replicated);
-XLA inserts the gradient all-reduce. Epochs and minibatches run under ``lax.scan``.
+N columns sharded over a 1-D ``jax.sharding.Mesh`` of local devices, or of every learner
+process's devices under ``jax.distributed`` (params replicated); XLA inserts the gradient
+all-reduce. Epochs and minibatches run under ``lax.scan``; minibatches are cut with
+`stratified_permutation`, which never splits T, gives the same minibatches on any device
+count and keeps each device's columns on that device.
 
 Batch fields (numpy or jax arrays):
   obs: [T+1, N, *obs_shape] (a dict of such for dict observations); row T is the bootstrap.
@@ -85,14 +88,46 @@ def init_train_state(
 
 
 def make_mesh(num_devices: int) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` local devices (0: all)."""
-    devices = jax.local_devices()
-    if num_devices > len(devices):
+    """A 1-D ``"data"`` mesh over the first ``num_devices`` local devices (0: all) of every
+    process, in process order (one process: just the local devices).
+
+    With several processes (`jaxrl_impala.distributed`) the mesh is global, so process p's
+    share of the batch lives on process p's devices; every process must ask for the same
+    number of devices.
+    """
+    local = jax.local_devices()
+    if num_devices > len(local):
         raise ValueError(
-            f"learner.num_devices={num_devices} but only {len(devices)} local devices exist"
+            f"learner.num_devices={num_devices} but only {len(local)} local devices exist"
         )
-    n = num_devices or len(devices)
-    return Mesh(np.asarray(devices[:n]), ("data",))
+    n = num_devices or len(local)
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    devices = [d for p in sorted(by_process) for d in sorted(by_process[p], key=lambda d: d.id)[:n]]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def stratified_permutation(key: jax.Array, batch_size: int, num_minibatches: int) -> jax.Array:
+    """Minibatch column indices, int32 ``[num_minibatches, batch_size // num_minibatches]``.
+
+    The columns are cut into blocks of ``num_minibatches`` consecutive columns and each block
+    gets its own random permutation (its own key); minibatch ``j`` takes the ``j``-th column of
+    every block's permutation, blocks in order. Two properties follow:
+
+    * it is defined on the global column index, so a key gives the same minibatches (same
+      columns, same order) on 1 or N devices: the sharded update equals the single-device one;
+    * a device holds ``minibatch_size / N`` whole blocks (`derived_sizes` checks that N divides
+      the minibatch), so forming the minibatches gathers only within a device's own columns.
+
+    Every column still lands in exactly one minibatch per epoch (a stratified shuffle: each
+    minibatch draws one column from every block of neighbouring envs).
+    """
+    num_blocks = batch_size // num_minibatches
+    keys = jax.random.split(key, num_blocks)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_minibatches))(keys)
+    blocks = jnp.arange(num_blocks, dtype=perms.dtype)[:, None] * num_minibatches
+    return (perms + blocks).T.astype(jnp.int32)
 
 
 def _prepare(batch: dict, lc) -> tuple[jax.Array, jax.Array]:
@@ -110,9 +145,17 @@ def _prepare(batch: dict, lc) -> tuple[jax.Array, jax.Array]:
 def make_update(
     policy: Policy, optimizer: optax.GradientTransformation, config: Config, mesh: Mesh
 ):
-    """Builds ``update(state, batch, key) -> (state, metrics)``, jitted and sharded."""
+    """Builds ``update(state, batch, key) -> (state, metrics)``, jitted and sharded.
+
+    Returns:
+      ``(update, put_batch, replicated)``: the jitted update (``state`` is donated), a function
+      moving a host batch onto the mesh (columns sharded over ``"data"``; with several
+      processes, this process's columns of the global batch), and the replicated sharding
+      for the state and the key.
+    """
     lc = config.learner
-    sizes = derived_sizes(config, mesh.size)
+    num_processes = len({d.process_index for d in mesh.devices.flat})
+    sizes = derived_sizes(config, mesh.size, num_processes)
     num_mb = 1 if lc.algo == "impala" else lc.minibatches
     mb_size = sizes["minibatch_size"]
 
@@ -175,6 +218,7 @@ def make_update(
         return loss, metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    minibatch_columns = NamedSharding(mesh, P(None, None, "data"))
 
     def sgd_step(state: TrainState, mb):
         (_, metrics), grads = grad_fn(state.params, state.obs_stats, mb)
@@ -185,7 +229,10 @@ def make_update(
 
     def update(state: TrainState, batch: dict, key: jax.Array):
         if policy.obs_norm:
-            state = state.replace(obs_stats=update_obs_stats(state.obs_stats, batch["obs"]))
+            # Columns first: flattening [N, T+1] keeps the sharded axis major, so the moments
+            # reduce in place (an all-reduce) instead of all-gathering the observations.
+            obs_nt = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch["obs"])
+            state = state.replace(obs_stats=update_obs_stats(state.obs_stats, obs_nt))
         rewards, discounts = _prepare(batch, lc)
         data = {
             "obs": batch["obs"],
@@ -207,15 +254,27 @@ def make_update(
             )
         n = sizes["batch_size"]
 
+        def shuffle(key) -> dict:
+            """``data`` cut into minibatches: every leaf ``[num_mb, T(+1), mb_size, ...]``."""
+            if num_mb == 1:
+                return jax.tree.map(lambda x: x[None], data)
+            cols = stratified_permutation(key, n, num_mb)  # [num_mb, mb_size]
+            # Column b * num_mb + i is entry i of block b. The gather runs block by block
+            # (vmap over the sharded block axis), so each device reads only its own columns.
+            within = (cols % num_mb).T  # [mb_size (blocks), num_mb]
+
+            def split(x):
+                blocks = x.reshape(x.shape[0], mb_size, num_mb, *x.shape[2:])
+                picked = jax.vmap(lambda b, i: b[:, i], in_axes=(1, 0), out_axes=1)(
+                    blocks, within
+                )  # [T, mb_size, num_mb, ...]
+                out = jnp.moveaxis(picked, 2, 0)
+                return jax.lax.with_sharding_constraint(out, minibatch_columns)
+
+            return jax.tree.map(split, data)
+
         def epoch(state, key):
-            perm = jax.random.permutation(key, n) if num_mb > 1 else jnp.arange(n)
-            idx = perm.reshape(num_mb, mb_size)
-
-            def minibatch(state, cols):
-                mb = jax.tree.map(lambda x: jnp.take(x, cols, axis=1), data)
-                return sgd_step(state, mb)
-
-            return jax.lax.scan(minibatch, state, idx)
+            return jax.lax.scan(sgd_step, state, shuffle(key))
 
         epochs = 1 if lc.algo == "impala" else lc.epochs
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
@@ -233,7 +292,11 @@ def make_update(
     )
 
     def put_batch(batch: dict) -> dict:
-        return jax.device_put(batch, columns)
+        """Host batch -> device arrays sharded by columns. With several processes each passes
+        its own columns and gets the global batch (process order along the columns)."""
+        if num_processes == 1:
+            return jax.device_put(batch, columns)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(columns, x), batch)
 
     return jitted, put_batch, replicated
 

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -27,7 +28,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from jaxrl_impala.config import Config, ConfigError, derived_sizes, dump_yaml, load_config, to_dict
+from jaxrl_impala.config import (
+    Config,
+    ConfigError,
+    check_multiprocess,
+    derived_sizes,
+    dump_yaml,
+    load_config,
+    to_dict,
+)
 
 START_TIME = time.time()
 
@@ -150,8 +159,9 @@ class Checkpointer:
 class ActorSupervisor:
     """Starts actor processes, restarts crashed ones with backoff, detects crash loops."""
 
-    def __init__(self, config: Config, run_dir: Path, address: dict):
+    def __init__(self, config: Config, run_dir: Path, address: dict, first_id: int = 0):
         self.config = config
+        self.first_id = first_id  # several learner processes: each starts its own actor ids
         self.log_dir = run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.address = address
@@ -170,11 +180,11 @@ class ActorSupervisor:
             "--config-json",
             json.dumps(to_dict(self.config)),
             "--actor-id",
-            str(i),
+            str(self.first_id + i),
             "--address",
             json.dumps(self.address),
         ]
-        log = open(self.log_dir / f"actor_{i}.log", "ab")
+        log = open(self.log_dir / f"actor_{self.first_id + i}.log", "ab")
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
@@ -184,7 +194,7 @@ class ActorSupervisor:
 
     def log_tail(self, i: int, lines: int = 12) -> str:
         try:
-            text = (self.log_dir / f"actor_{i}.log").read_text(errors="replace")
+            text = (self.log_dir / f"actor_{self.first_id + i}.log").read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
@@ -209,12 +219,14 @@ class ActorSupervisor:
             tail = self.log_tail(i)
             if len(crashes) > ac.crash_loop_restarts:
                 raise TrainError(
-                    f"actor {i} crashed {len(crashes)} times in {ac.crash_loop_window_s:.0f}s "
+                    f"actor {self.first_id + i} crashed {len(crashes)} times in "
+                    f"{ac.crash_loop_window_s:.0f}s "
                     f"(exit {proc.returncode}); its last output:\n{tail}"
                 )
             delay = ac.restart_backoff_s * 2 ** (len(crashes) - 1)
             print(
-                f"actor {i} exited with code {proc.returncode}; restarting in {delay:.1f}s"
+                f"actor {self.first_id + i} exited with code {proc.returncode}; "
+                f"restarting in {delay:.1f}s"
                 + (f"\n{tail}" if proc.returncode not in (0, -9, -15) and tail else ""),
                 file=sys.stderr,
             )
@@ -329,6 +341,22 @@ class Trainer:
         self.stop_reason = signal.Signals(signum).name
 
     def run(self) -> int:
+        from jaxrl_impala import distributed
+
+        config, run_dir = self.config, self.run_dir
+        # Join the other learner processes before anything touches a JAX backend.
+        try:
+            process_id, num_processes = distributed.initialize(config.distributed)
+        except distributed.DistributedError as e:
+            raise TrainError(str(e)) from None
+        check_multiprocess(config, num_processes)
+        self.process_id, self.num_processes = process_id, num_processes
+        lead = process_id == 0  # publishes params, writes the outputs, evaluates
+        if lead and not self.resume and (run_dir / "metrics.jsonl").exists():
+            raise ConfigError(
+                f"run.dir {run_dir} already holds a run; use --resume {run_dir} or another run.dir"
+            )
+
         import jax
 
         from jaxrl_impala.actor import env_spaces, flatten_params
@@ -344,13 +372,13 @@ class Trainer:
             RedisTransportError,
             create_transport,
             encoded_size,
+            redis_address,
         )
 
-        config, run_dir = self.config, self.run_dir
         cfg_l = config.learner
         obs_space, action_space, term_names = env_spaces(config)
         mesh = make_mesh(cfg_l.num_devices)
-        sizes = derived_sizes(config, mesh.size)
+        sizes = derived_sizes(config, mesh.size, num_processes)
         steps_per_update = sizes["env_steps_per_update"]
         total_updates = max(1, config.train.total_env_steps // steps_per_update)
         policy = make_policy(obs_space, action_space, config.network, cfg_l.obs_norm)
@@ -360,13 +388,15 @@ class Trainer:
         state = init_train_state(policy, obs_space, optimizer, init_key)
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(run_dir)
+        ckpt = Checkpointer(run_dir) if lead else None
         env_steps, wall_offset, episodes_total = 0, 0.0, 0
         counters = {"frames_rejected": 0, "unrolls_dropped": 0, "actor_restarts": 0}
         if self.resume:
-            restored = ckpt.restore(state)
+            # Every process restores the same checkpoint (the run dir on a shared filesystem).
+            reader = ckpt or Checkpointer(run_dir)
+            restored = reader.restore(state)
             if restored is None:
-                raise TrainError(f"--resume {run_dir}: no readable checkpoint in {ckpt.dir}")
+                raise TrainError(f"--resume {run_dir}: no readable checkpoint in {reader.dir}")
             state, meta, path = restored
             env_steps = int(meta["env_steps"])
             wall_offset = float(meta["wall_time_s"])
@@ -374,10 +404,13 @@ class Trainer:
             counters.update({k: int(meta.get(k, 0)) for k in counters})
             key = jax.random.fold_in(key, env_steps)
             print(f"resumed from {path} at env_steps={env_steps}")
-        (run_dir / "config.yaml").write_text(dump_yaml(config))
+        if lead:
+            (run_dir / "config.yaml").write_text(dump_yaml(config))
 
         update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
-        state = jax.device_put(state, replicated)
+        host_state = jax.device_get(state)
+        version = int(host_state.step)
+        state = jax.device_put(host_state, replicated)
 
         # Frame layout from a zero unroll: the spec every received frame must match.
         example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
@@ -386,67 +419,90 @@ class Trainer:
         slot_bytes = (
             encoded_size(example, {"policy_version": 0, "actor_id": 0, "unroll_index": 0}) + 4096
         )
-        params_example = flatten_params(
-            jax.device_get(state.params), jax.device_get(state.obs_stats)
-        )
+        params_example = flatten_params(host_state.params, host_state.obs_stats)
         param_bytes = encoded_size(params_example, {"version": 0}) + 4096
 
         cfg_tr = config.transport
+        transport = None
         try:
-            transport = create_transport(
-                cfg_tr.kind,
-                num_producers=config.actors.num,
-                slots_per_producer=cfg_tr.slots_per_actor,
-                slot_bytes=slot_bytes,
-                param_bytes=param_bytes,
-                overflow=cfg_tr.overflow,
-                spec=spec,
-                # shm names its segments per run; Redis keys are shared with remote actors
-                **({"url": cfg_tr.url, "prefix": cfg_tr.prefix} if cfg_tr.kind == "redis" else {}),
-            )
+            if lead:
+                transport = create_transport(
+                    cfg_tr.kind,
+                    num_producers=config.actors.num * num_processes,
+                    slots_per_producer=cfg_tr.slots_per_actor,
+                    slot_bytes=slot_bytes,
+                    param_bytes=param_bytes,
+                    overflow=cfg_tr.overflow,
+                    spec=spec,
+                    # shm names its segments per run; Redis keys are shared with remote actors
+                    **(
+                        {"url": cfg_tr.url, "prefix": cfg_tr.prefix}
+                        if cfg_tr.kind == "redis"
+                        else {}
+                    ),
+                )
         except RedisTransportError as e:
             raise TrainError(str(e)) from None
-        queue, store = transport.queue, transport.params
-        actors = ActorSupervisor(config, run_dir, transport.address)
-        log = MetricsLog(run_dir)
+        # The other processes consume from the keys process 0 has just claimed.
+        distributed.barrier("jaxrl_impala:transport")
+        if lead:
+            queue, store, address = transport.queue, transport.params, transport.address
+        else:
+            queue = distributed.SharedRedisConsumer(cfg_tr.url, cfg_tr.prefix, spec)
+            store = None
+            address = {**redis_address(cfg_tr.url, cfg_tr.prefix), "max_frame_bytes": slot_bytes}
+        actors = ActorSupervisor(config, run_dir, address, first_id=process_id * config.actors.num)
+        log: MetricsLog | _NullLog = _NullLog()
+        publisher = _Publisher(store, flatten_params) if lead else None
         old_handlers = {
             s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
         }
-        version = int(state.step)
         exit_code = 0
         try:
-            store.publish(version, params_example)
+            if lead:
+                store.publish(version, params_example)
             actors.start_all()
+            # metrics.jsonl appears once the actors run (tests and tools wait on it).
+            log = MetricsLog(run_dir) if lead else _NullLog()
             exit_code = self._loop(
                 state,
                 key,
                 update,
                 put_batch,
+                replicated,
                 queue,
-                store,
+                publisher,
                 actors,
                 log,
                 ckpt,
                 spec,
                 policy,
                 env_steps,
+                version,
                 wall_offset,
                 episodes_total,
                 counters,
                 steps_per_update,
+                sizes["local_batch_unrolls"],
             )
         finally:
             signal.signal(signal.SIGINT, old_handlers[signal.SIGINT])
             signal.signal(signal.SIGTERM, old_handlers[signal.SIGTERM])
-            actors.stop()
-            transport.close()
-            log.close()
-        try:
-            from jaxrl_impala.plot import plot_run
+            try:
+                if publisher is not None:
+                    publisher.close()
+            finally:
+                actors.stop()
+                (transport or queue).close()
+                log.close()
+        if lead:
+            try:
+                from jaxrl_impala.plot import plot_run
 
-            plot_run(run_dir)
-        except Exception as e:  # noqa: BLE001 - plots are a nicety
-            print(f"plots skipped: {e}", file=sys.stderr)
+                plot_run(run_dir)
+            except Exception as e:  # noqa: BLE001 - plots are a nicety
+                print(f"plots skipped: {e}", file=sys.stderr)
+        distributed.shutdown()
         return exit_code
 
     def _example_unroll(self, policy, obs_space, action_space, term_names, jax) -> dict:
@@ -481,28 +537,33 @@ class Trainer:
         key,
         update,
         put_batch,
+        replicated,
         queue,
-        store,
+        publisher,
         actors,
         log,
         ckpt,
         spec,
         policy,
         env_steps,
+        version,
         wall_offset,
         episodes_total,
         counters,
         steps_per_update,
+        k,
     ) -> int:
         import jax
 
-        from jaxrl_impala.actor import flatten_params, obs_from_fields
+        from jaxrl_impala import distributed
+        from jaxrl_impala.actor import obs_from_fields
 
         config = self.config
         cfg_l, cfg_t, cfg_e = config.learner, config.train, config.eval
-        k = cfg_l.batch_unrolls
         total = cfg_t.total_env_steps
-        version = int(state.step)
+        lead = self.process_id == 0
+        multi = self.num_processes > 1
+        stop_at_target = False
         wall0 = START_TIME - wall_offset  # wall_time_s counts from the command's start
         last_log = time.monotonic()
         det = cfg_t.deterministic
@@ -523,14 +584,14 @@ class Trainer:
         sps_window: deque = deque(maxlen=20)
         learner_time = 0.0
         last_eval = None
-        progress = _Progress(total, env_steps)
+        progress = _Progress(total, env_steps, quiet=not lead)
         metrics_acc: dict[str, list[float]] = {}
 
         def wall() -> float:
             return time.time() - wall0
 
         def save() -> None:
-            host_state = jax.device_get(state)
+            host_state = distributed.to_host(state)
             ckpt.save(
                 host_state,
                 {
@@ -543,7 +604,7 @@ class Trainer:
             )
 
         def do_eval() -> dict:
-            host = jax.device_get((state.params, state.obs_stats))
+            host = distributed.to_host((state.params, state.obs_stats))
             returns = evaluate(
                 config, policy, host[0], host[1], cfg_e.episodes, 1_000_000 + 1000 * cfg_t.seed
             )
@@ -558,10 +619,15 @@ class Trainer:
             progress.note(f"eval return {returns.mean():.1f} +- {returns.std():.1f}")
             return record
 
-        while env_steps < total and not self.stop_requested:
-            # --- gather k unrolls
+        while True:
+            # Every process must run the same updates (collectives): stop only together.
+            want_stop = env_steps >= total or self.stop_requested or stop_at_target
+            if distributed.agree_stop(want_stop):
+                break
+            # --- gather k unrolls (this process's share); with several processes a stop
+            # request waits for the next agreement: the others are already in this update.
             frames = []
-            while len(frames) < k and not self.stop_requested:
+            while len(frames) < k and (multi or not self.stop_requested):
                 counters["actor_restarts"] = restarts_before + actors.restarts
                 actors.check()
                 frame = queue.get(timeout=0.05)
@@ -606,13 +672,19 @@ class Trainer:
             # --- update
             t_upd = time.monotonic()
             key, sub = jax.random.split(key)
+            sub = jax.device_put(np.asarray(sub), replicated)
             state, metrics = update(state, put_batch(batch), sub)
             version += 1
             env_steps += steps_per_update
-            if version % cfg_l.publish_every == 0 or det:
-                host = jax.device_get((state.params, state.obs_stats))
-                store.publish(version, flatten_params(*host))
-            metrics = jax.device_get(metrics)
+            publish = lead and (version % cfg_l.publish_every == 0 or det)
+            if publish:
+                # Start the device-to-host copy now, so it runs as soon as the update ends.
+                distributed.start_host_copy((state.params, state.obs_stats))
+            metrics = distributed.to_host(metrics)
+            if publish:
+                # The copy is (nearly) done; encoding and writing run on the publisher's
+                # thread, overlapped with the next gather and update.
+                publisher.submit(version, distributed.to_host((state.params, state.obs_stats)))
             learner_time += time.monotonic() - t_upd
             for name, v in metrics.items():
                 metrics_acc.setdefault(name, []).append(float(v))
@@ -664,21 +736,30 @@ class Trainer:
                 last_log = now
             if env_steps >= next_eval:
                 next_eval += cfg_e.every_env_steps
-                last_eval = do_eval()
-                target = cfg_t.stop_at_eval_return
-                if target is not None and last_eval["eval_return_mean"] >= target:
-                    progress.note(f"reached eval return {target}: stopping")
-                    break
-            if time.monotonic() >= next_ckpt:
+                if lead:
+                    last_eval = do_eval()
+                    target = cfg_t.stop_at_eval_return
+                    if target is not None and last_eval["eval_return_mean"] >= target:
+                        progress.note(f"reached eval return {target}: stopping")
+                        stop_at_target = True
+            if lead and time.monotonic() >= next_ckpt:
                 next_ckpt = time.monotonic() + cfg_t.checkpoint_every_s
                 save()
 
         # --- the end: final eval (if the last one is stale), checkpoint, counters
         progress.close()
+        if multi:
+            # Every process ends with the same replicated params; the test compares these.
+            digest = params_digest(distributed.to_host((state.params, state.obs_stats)))
+            print(f"process {self.process_id}: final params sha256 {digest}", flush=True)
         if self.stop_requested:
             print(f"stopping on {self.stop_reason} at env_steps={env_steps}")
+        elif not lead:
+            return 0
         elif last_eval is None or last_eval["env_steps"] != env_steps:
             last_eval = do_eval()
+        if not lead:
+            return 0
         stats = queue.stats if hasattr(queue, "stats") else {}
         counters["frames_rejected"] = rejected_before + int(stats.get("frames_rejected", 0))
         counters["unrolls_dropped"] = (
@@ -688,7 +769,7 @@ class Trainer:
         save()
         log.write({"env_steps": env_steps, "wall_time_s": wall(), "final": True, **counters})
         if config.eval.gif and not self.stop_requested:
-            host = jax.device_get((state.params, state.obs_stats))
+            host = distributed.to_host((state.params, state.obs_stats))
             if write_eval_gif(
                 config,
                 policy,
@@ -701,11 +782,104 @@ class Trainer:
         return 0
 
 
-class _Progress:
-    """A live line on a terminal (tqdm), plain lines otherwise."""
+def params_digest(tree: Any) -> str:
+    """sha256 over the leaves' dtypes, shapes and bytes (in tree order)."""
+    import hashlib
 
-    def __init__(self, total: int, initial: int):
-        self.tty = sys.stderr.isatty()
+    import jax
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _NullLog:
+    """What the learner processes other than 0 log: nothing (process 0 writes the run)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Publisher:
+    """Publishes params from a background thread, so the learner never waits for the encode
+    or the store's write (a Redis round trip) of a new version.
+
+    `submit` takes host copies (numpy) of version v's params and stats; the thread encodes
+    and publishes them while the learner gathers and runs update v+1. If the thread falls
+    behind, only the newest pending version is published (versions stay monotonic). An error
+    in the thread is raised by the next `submit` or by `close`.
+    """
+
+    def __init__(self, store, flatten):
+        self.store = store
+        self.flatten = flatten
+        self._cv = threading.Condition()
+        self._pending: tuple[int, Any] | None = None
+        self._busy = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self.published = self.skipped = 0
+        self._thread = threading.Thread(target=self._run, name="param-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, version: int, host_params_and_stats: Any) -> None:
+        self._raise()
+        with self._cv:
+            if self._pending is not None:
+                self.skipped += 1
+            self._pending = (version, host_params_and_stats)
+            self._cv.notify()
+
+    def flush(self) -> None:
+        """Waits until everything submitted is published."""
+        with self._cv:
+            self._cv.wait_for(lambda: (self._pending is None and not self._busy) or self._error)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending is not None or self._closing)
+                if self._pending is None:
+                    return
+                (version, host), self._pending = self._pending, None
+                self._busy = True
+            try:
+                self.store.publish(version, self.flatten(*host))
+                self.published += 1
+            except BaseException as e:  # noqa: BLE001 - handed to the learner thread
+                self._error = e
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def close(self) -> None:
+        """Publishes what is pending, stops the thread; raises a publishing error."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+        self._raise()
+
+
+class _Progress:
+    """A live line on a terminal (tqdm), plain lines otherwise (nothing when quiet)."""
+
+    def __init__(self, total: int, initial: int, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
         self.total = total
         self.start = time.monotonic()
         self.initial = initial
@@ -727,6 +901,8 @@ class _Progress:
             self.bar.update(env_steps - self.bar.n)
 
     def show(self, record: dict, last_eval: dict | None) -> None:
+        if self.quiet:
+            return
         ret = record.get("episode_return_mean")
         fields = {
             "sps": f"{record['sps']:.0f}",
@@ -745,6 +921,8 @@ class _Progress:
         print(f"steps {record['env_steps']}/{self.total}  {line}  eta {eta:.0f}s", flush=True)
 
     def note(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(text)
         else:
@@ -779,10 +957,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(dump_yaml(config), end="")
             return 0
-        if not args.resume and (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(
-                f"run.dir {run_dir} already holds a run; use --resume {run_dir} or another run.dir"
-            )
         print(f"run dir: {run_dir}")
         return Trainer(config, run_dir, resume=bool(args.resume)).run()
     except (ConfigError, TrainError) as e:
