@@ -916,7 +916,8 @@ class _Progress:
             return
         done = record["env_steps"] - self.initial
         elapsed = time.monotonic() - self.start
-        eta = (self.total - record["env_steps"]) * elapsed / done if done > 0 else float("nan")
+        remaining = max(0, self.total - record["env_steps"])
+        eta = remaining * elapsed / done if done > 0 else float("nan")
         line = "  ".join(f"{k} {v}" for k, v in fields.items())
         print(f"steps {record['env_steps']}/{self.total}  {line}  eta {eta:.0f}s", flush=True)
 
