@@ -273,7 +273,12 @@ def run(config: Config, actor_id: int, address: dict) -> int:
     def learner_gone() -> bool:
         # A standalone actor (another host) has no learner parent to watch.
         orphaned = address.get("kind") == "shm" and os.getppid() != parent
-        return queue.closed or orphaned or not queue.owner_alive()
+        if address.get("kind") == "shm":
+            # A dead learner is caught by its pid (and PR_SET_PDEATHSIG); the heartbeat only
+            # catches a wedged one, so give it a long window: a learner starved of CPU while
+            # it compiles must not look dead (that would restart actors and break lock-step).
+            return queue.closed or orphaned or not queue.owner_alive(stale_after=60.0)
+        return queue.closed or not queue.owner_alive()
 
     rollout = Rollout(config, actor_id)
     deterministic = config.train.deterministic
