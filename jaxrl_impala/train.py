@@ -557,6 +557,7 @@ class Trainer:
 
         from jaxrl_impala import distributed
         from jaxrl_impala.actor import obs_from_fields
+        from jaxrl_impala.learner import BATCH_KEYS
 
         config = self.config
         cfg_l, cfg_t, cfg_e = config.learner, config.train, config.eval
@@ -654,21 +655,8 @@ class Trainer:
             if "episode_terms" in cat and done.any():
                 for j, name in enumerate(self.term_names):
                     term_sums[name] = float(cat["episode_terms"][..., j][done].mean())
-            batch = {
-                "obs": obs_from_fields(cat),
-                **{
-                    n: cat[n]
-                    for n in (
-                        "actions",
-                        "behaviour_logp",
-                        "behaviour_dist",
-                        "rewards",
-                        "terminated",
-                        "truncated",
-                        "truncation_value",
-                    )
-                },
-            }
+            batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
+            batch["obs"] = obs_from_fields(cat)
             # --- update
             t_upd = time.monotonic()
             key, sub = jax.random.split(key)
