@@ -929,7 +929,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help="YAML preset, e.g. configs/driving.yaml")
     parser.add_argument(
-        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys"
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys (repeatable)",
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config")
