@@ -30,12 +30,15 @@ class EnvConfig:
     num_envs: environments per actor process, stepped as one vector env.
     kwargs: keyword arguments for the env constructor (e.g. ``obs_mode``, ``action_mode``).
     max_episode_steps: time limit (truncation); ``null`` keeps the env's own.
+    frame_stack: observations of the last this many steps, concatenated along the last axis
+      (Box observations; 1: off).
     """
 
     id: str = "jaxrl_impala/Driving-v0"
     num_envs: int = 16
     kwargs: dict = dataclasses.field(default_factory=dict)
     max_episode_steps: int | None = None
+    frame_stack: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +113,9 @@ class LearnerConfig:
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
+    inject_nan_from: fault injection for tests: from this update on (1-based), every
+      ``inject_nan_every``-th update gets NaN rewards, so its loss is non-finite (0: off).
+    inject_nan_every: see ``inject_nan_from``.
     """
 
     algo: str = "appo"
@@ -136,6 +142,8 @@ class LearnerConfig:
     obs_norm: bool = True
     reward_scale: float = 1.0
     reward_clip: float | None = None
+    inject_nan_from: int = 0
+    inject_nan_every: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +174,8 @@ class TrainConfig:
     log_every_s: seconds between metrics lines (and progress updates).
     checkpoint_every_s: seconds between checkpoints (one is always written at the end).
     stop_at_eval_return: stop early once an evaluation mean return reaches this (``null``: never).
+    max_nonfinite_in_row: an update whose loss, gradients or new params are not finite is
+      skipped (counted in ``updates_skipped_nonfinite``); this many in a row stop the run.
     """
 
     total_env_steps: int = 1_000_000
@@ -174,6 +184,7 @@ class TrainConfig:
     log_every_s: float = 2.0
     checkpoint_every_s: float = 300.0
     stop_at_eval_return: float | None = None
+    max_nonfinite_in_row: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +262,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 POSITIVE = {
     "env.num_envs",
+    "env.frame_stack",
     "actors.num",
     "rollout.length",
     "learner.batch_unrolls",
@@ -258,6 +270,8 @@ POSITIVE = {
     "learner.epochs",
     "learner.minibatches",
     "learner.publish_every",
+    "learner.inject_nan_every",
+    "train.max_nonfinite_in_row",
     "learner.gamma",
     "transport.slots_per_actor",
     "train.total_env_steps",
@@ -481,6 +495,8 @@ def validate(config: Config) -> None:
             f"train.deterministic needs learner.batch_unrolls ({config.learner.batch_unrolls}) "
             f"to be a multiple of actors.num ({config.actors.num})"
         )
+    if config.learner.inject_nan_from < 0:
+        raise ConfigError("learner.inject_nan_from: must be >= 0 (0: off)")
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
     dc = config.distributed

@@ -228,12 +228,19 @@ def make_update(
         return state.replace(params=params, opt_state=opt_state), metrics
 
     def update(state: TrainState, batch: dict, key: jax.Array):
+        old_state = state  # what a non-finite update falls back to
         if policy.obs_norm:
             # Columns first: flattening [N, T+1] keeps the sharded axis major, so the moments
             # reduce in place (an all-reduce) instead of all-gathering the observations.
             obs_nt = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch["obs"])
             state = state.replace(obs_stats=update_obs_stats(state.obs_stats, obs_nt))
         rewards, discounts = _prepare(batch, lc)
+        if lc.inject_nan_from:
+            n_update = state.step + 1
+            poison = (n_update >= lc.inject_nan_from) & (
+                (n_update - lc.inject_nan_from) % lc.inject_nan_every == 0
+            )
+            rewards = jnp.where(poison, jnp.nan, rewards)
         data = {
             "obs": batch["obs"],
             "actions": batch["actions"],
@@ -280,7 +287,15 @@ def make_update(
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["reward_mean"] = jnp.mean(batch["rewards"])
-        return state.replace(step=state.step + 1), metrics
+        # A non-finite loss, gradient or result leaves the state as it was (the step count
+        # still advances); the trainer counts these and stops after too many in a row.
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(metrics)]))
+        finite &= jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)])
+        )
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), state, old_state)
+        metrics["nonfinite"] = (~finite).astype(jnp.float32)
+        return state.replace(step=old_state.step + 1), metrics
 
     replicated = NamedSharding(mesh, P())
     columns = NamedSharding(mesh, P(None, "data"))

@@ -95,3 +95,43 @@ def test_every_algo_learns_a_bandit(algo):
     assert int(state.step) == 40
     for name in ("loss", "entropy", "grad_norm", "kl_behaviour", "explained_variance"):
         assert np.isfinite(float(metrics[name])), name
+
+
+def test_a_nonfinite_update_leaves_the_state_as_it_was():
+    """Updates 2 and 3 get NaN rewards: params, optimiser and normaliser state are kept (bit
+    for bit), the step still advances and ``nonfinite`` says so."""
+    config = load_config(
+        None,
+        [
+            "env.num_envs=8",
+            "learner.batch_unrolls=1",
+            "learner.minibatches=2",
+            "learner.epochs=1",
+            "network.hidden=[8]",
+            f"rollout.length={T}",
+            "learner.inject_nan_from=2",
+            "learner.inject_nan_every=1",
+        ],
+    )
+    policy = make_policy(OBS, ACT, config.network, obs_norm=True)
+    optimizer = make_optimizer(config, 100)
+    state = init_train_state(policy, OBS, optimizer, jax.random.PRNGKey(0))
+    update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(1))
+    state = jax.device_put(state, replicated)
+    rng = np.random.default_rng(0)
+    host = lambda s: jax.tree.map(np.asarray, jax.device_get(s))  # noqa: E731
+
+    state, m = update(state, put_batch(bandit_batch(rng, policy, state)), jax.random.PRNGKey(1))
+    assert float(m["nonfinite"]) == 0.0 and np.isfinite(float(m["loss"]))
+    good = host(state)
+    for i in (2, 3):
+        state, m = update(state, put_batch(bandit_batch(rng, policy, state)), jax.random.PRNGKey(i))
+        assert float(m["nonfinite"]) == 1.0 and not np.isfinite(float(m["loss"]))
+        now = host(state)
+        assert int(now.step) == i
+        for a, b in zip(
+            jax.tree.leaves((good.params, good.opt_state, good.obs_stats)),
+            jax.tree.leaves((now.params, now.opt_state, now.obs_stats)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
