@@ -20,37 +20,70 @@ An Unroll (one ``put``) holds, time-major, for B = ``env.num_envs`` columns:
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __name__ == "__main__":  # before JAX is imported anywhere in this process
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
 import argparse
 import ctypes
 import json
+import os
 import signal
+import sys
 import time
 from typing import Any
 
-import gymnasium as gym
-import jax
-import numpy as np
+# Set by the trainer for the actors it starts: the pid to die with.
+LEARNER_PID_ENV = "JAXRL_IMPALA_LEARNER_PID"
 
-from jaxrl_impala.config import Config, ConfigError, from_dict, load_config
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent (the learner) dies, so no actor is orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":  # before JAX is imported anywhere in this process
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if os.environ.get(LEARNER_PID_ENV):
+        # Ask for the parent-death signal first thing (importing JAX takes seconds), then
+        # check the learner did not die before we asked: it would never be sent.
+        _die_with_parent()
+        if os.getppid() != int(os.environ[LEARNER_PID_ENV]):
+            sys.exit(0)
+
+import gymnasium as gym  # noqa: E402  (after the parent-death set-up above)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxrl_impala.config import Config, ConfigError, from_dict, load_config  # noqa: E402
 
 DRIVING_ID = "jaxrl_impala/Driving-v0"
 
 
 # --------------------------------------------------------------------------- environments
-def make_vector_env(config: Config, num_envs: int) -> gym.vector.VectorEnv:
-    """The vector env of ``config.env`` with same-step autoreset.
+def make_vector_env(config: Config, num_envs: int, **extra: Any) -> gym.vector.VectorEnv:
+    """The vector env of ``config.env`` with same-step autoreset (and frame stacking when
+    ``env.frame_stack > 1``); ``extra`` adds constructor options (e.g. ``render_mode``).
 
     ``DrivingVectorEnv`` steps all envs as arrays; any other gymnasium id runs in a
     ``SyncVectorEnv``. A bad id is a one-line error naming it.
     """
+    env = _make_vector_env(config, num_envs, **extra)
+    if config.env.frame_stack > 1:
+        from jaxrl_impala.wrappers import FrameStack
+
+        try:
+            env = FrameStack(env, config.env.frame_stack)
+        except ValueError as e:
+            env.close()
+            raise ConfigError(f"env.frame_stack={config.env.frame_stack}: {e}") from None
+    return env
+
+
+def _make_vector_env(config: Config, num_envs: int, **extra: Any) -> gym.vector.VectorEnv:
     ec = config.env
-    kwargs = dict(ec.kwargs)
+    kwargs = {**ec.kwargs, **extra}
     if ec.max_episode_steps is not None:
         kwargs["max_episode_steps"] = ec.max_episode_steps
     if ec.id == DRIVING_ID:
@@ -255,32 +288,23 @@ class Rollout:
 
 
 # --------------------------------------------------------------------------- process entry
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent (the learner) dies, so no actor is orphaned."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
 def run(config: Config, actor_id: int, address: dict) -> int:
     """The actor loop; returns 0 when the learner closes the queue or goes away."""
     from jaxrl_impala.transport import connect_actor
 
-    parent = os.getppid()
+    learner_pid = int(os.environ.get(LEARNER_PID_ENV) or 0)
     queue, store = connect_actor(address, actor_id)
 
     def learner_gone() -> bool:
-        # A standalone actor (another host) has no learner parent to watch.
-        orphaned = address.get("kind") == "shm" and os.getppid() != parent
+        # Started by a trainer: orphaned once our parent is not the learner any more (either
+        # transport). A standalone actor (another host) has only the learner's heartbeat.
+        orphaned = bool(learner_pid) and os.getppid() != learner_pid
         if address.get("kind") == "shm":
             # A dead learner is caught by its pid (and PR_SET_PDEATHSIG); the heartbeat only
             # catches a wedged one, so give it a long window: a learner starved of CPU while
             # it compiles must not look dead (that would restart actors and break lock-step).
             return queue.closed or orphaned or not queue.owner_alive(stale_after=60.0)
-        return queue.closed or not queue.owner_alive()
+        return queue.closed or orphaned or not queue.owner_alive()
 
     rollout = Rollout(config, actor_id)
     deterministic = config.train.deterministic

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,17 @@ def make_run_dir(config: Config) -> Path:
     return Path("runs") / name
 
 
+def check_writable(run_dir: Path) -> None:
+    """Fails fast (one line) when the run dir cannot be created or written."""
+    probe = run_dir / f".write_probe_{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"run dir {run_dir} is not writable: {e.strerror or e}") from None
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -68,6 +80,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
+        self.failed_writes = 0
         self.file = open(self.path, "a", buffering=1)
         try:
             from tensorboardX import SummaryWriter
@@ -78,18 +91,32 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Appends one record. A failed write (disk full, ...) is reported once and the run
+        goes on: training state never depends on its logs."""
         clean = {k: _jsonable(v) for k, v in record.items()}
-        self.file.write(json.dumps(clean) + "\n")
-        if self.tb is not None:
-            step = int(clean["env_steps"])
-            for k, v in clean.items():
-                if k != "env_steps" and isinstance(v, int | float) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
+        try:
+            self.file.write(json.dumps(clean) + "\n")
+            if self.tb is not None:
+                step = int(clean["env_steps"])
+                for k, v in clean.items():
+                    if k != "env_steps" and isinstance(v, int | float) and math.isfinite(v):
+                        self.tb.add_scalar(k, v, step)
+        except OSError as e:
+            self.failed_writes += 1
+            if self.failed_writes == 1:
+                print(
+                    f"warning: metrics not written to {self.path.parent}: {e} "
+                    f"(training goes on; records are lost until writes succeed again)",
+                    file=sys.stderr,
+                )
 
     def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        for closer in (self.file.close, self.tb.close if self.tb is not None else None):
+            try:
+                if closer is not None:
+                    closer()
+            except OSError as e:
+                print(f"warning: closing the metrics of {self.path.parent}: {e}", file=sys.stderr)
 
 
 def _jsonable(v: Any) -> Any:
@@ -115,42 +142,67 @@ class Checkpointer:
         self.keep = keep
 
     def save(self, state: Any, meta: dict[str, Any]) -> Path:
+        """Writes, reads back and verifies a checkpoint, then drops the oldest.
+
+        Raises:
+          OSError: the write failed (disk full, unwritable dir): nothing half-written is
+            left behind and the previous checkpoints are untouched.
+        """
+        import hashlib
+        import shutil
+
         import flax.serialization
 
         data = flax.serialization.to_bytes(state)
+        meta = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         final = self.dir / f"ckpt_{int(meta['env_steps']):012d}"
         tmp = self.dir / f".tmp_{final.name}_{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        atomic_write(tmp / "state.msgpack", data)
-        atomic_write(tmp / "meta.json", json.dumps(meta).encode())
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            atomic_write(tmp / "state.msgpack", data)
+            atomic_write(tmp / "meta.json", json.dumps(meta).encode())
+            self._verify(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         for old in self.list()[: -self.keep]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    @staticmethod
+    def _verify(path: Path) -> tuple[dict[str, Any], bytes]:
+        """Meta and state bytes of a checkpoint dir whose state matches its recorded hash."""
+        import hashlib
+
+        meta = json.loads((path / "meta.json").read_text())
+        data = (path / "state.msgpack").read_bytes()
+        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise OSError(
+                f"state.msgpack is {len(data)} bytes and does not match its sha256 "
+                f"(expected {meta.get('bytes', '?')} bytes)"
+            )
+        return meta, data
 
     def list(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("ckpt_*") if p.is_dir())
 
     def restore(self, template: Any) -> tuple[Any, dict[str, Any], Path] | None:
-        """The newest checkpoint that reads back whole; falls back to older ones."""
+        """The newest checkpoint that reads back whole and matches its hash; falls back to
+        older ones (saying so), None when there is none."""
         import flax.serialization
 
         for path in reversed(self.list()):
             try:
-                meta = json.loads((path / "meta.json").read_text())
-                state = flax.serialization.from_bytes(
-                    template, (path / "state.msgpack").read_bytes()
-                )
+                meta, data = self._verify(path)
+                state = flax.serialization.from_bytes(template, data)
                 return state, meta, path
             except Exception as e:  # noqa: BLE001 - any corrupt checkpoint: try the previous
                 print(
-                    f"checkpoint {path} is unreadable ({e}); trying an older one", file=sys.stderr
+                    f"checkpoint {path} is unreadable ({e}); falling back to an older one",
+                    file=sys.stderr,
                 )
         return None
 
@@ -171,7 +223,10 @@ class ActorSupervisor:
         self.restarts = 0
 
     def _start(self, i: int) -> None:
+        from jaxrl_impala.actor import LEARNER_PID_ENV
+
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        env[LEARNER_PID_ENV] = str(os.getpid())
         env.pop("XLA_FLAGS", None)
         cmd = [
             sys.executable,
@@ -296,14 +351,12 @@ def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int)
 
     if config.env.id != "jaxrl_impala/Driving-v0":
         return False
-    from jaxrl_impala.envs import DrivingVectorEnv, write_gif
+    from jaxrl_impala.actor import make_vector_env
+    from jaxrl_impala.envs import write_gif
 
-    kwargs = dict(config.env.kwargs)
-    if config.env.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = config.env.max_episode_steps
     step = _greedy_step(policy)
     frames = []
-    env = DrivingVectorEnv(1, render_mode="rgb_array", **kwargs)
+    env = make_vector_env(config, 1, render_mode="rgb_array")
     try:
         obs, _ = env.reset(seed=seed)
         space = env.single_action_space
@@ -356,6 +409,8 @@ class Trainer:
             raise ConfigError(
                 f"run.dir {run_dir} already holds a run; use --resume {run_dir} or another run.dir"
             )
+        if lead:
+            check_writable(run_dir)
 
         import jax
 
@@ -390,7 +445,12 @@ class Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(run_dir) if lead else None
         env_steps, wall_offset, episodes_total = 0, 0.0, 0
-        counters = {"frames_rejected": 0, "unrolls_dropped": 0, "actor_restarts": 0}
+        counters = {
+            "frames_rejected": 0,
+            "unrolls_dropped": 0,
+            "actor_restarts": 0,
+            "updates_skipped_nonfinite": 0,
+        }
         if self.resume:
             # Every process restores the same checkpoint (the run dir on a shared filesystem).
             reader = ckpt or Checkpointer(run_dir)
@@ -587,38 +647,72 @@ class Trainer:
         last_eval = None
         progress = _Progress(total, env_steps, quiet=not lead)
         metrics_acc: dict[str, list[float]] = {}
+        nonfinite_in_row = 0
 
         def wall() -> float:
             return time.time() - wall0
 
-        def save() -> None:
+        def save(final: bool = False) -> None:
             host_state = distributed.to_host(state)
-            ckpt.save(
-                host_state,
-                {
-                    "env_steps": env_steps,
-                    "wall_time_s": wall(),
-                    "version": version,
-                    "episodes": episodes_total,
-                    **counters,
-                },
-            )
-
-        def do_eval() -> dict:
-            host = distributed.to_host((state.params, state.obs_stats))
-            returns = evaluate(
-                config, policy, host[0], host[1], cfg_e.episodes, 1_000_000 + 1000 * cfg_t.seed
-            )
-            record = {
+            meta = {
                 "env_steps": env_steps,
                 "wall_time_s": wall(),
-                "eval_return_mean": float(returns.mean()),
-                "eval_return_std": float(returns.std()),
-                "eval_episodes": len(returns),
+                "version": version,
+                "episodes": episodes_total,
+                **counters,
             }
+            try:
+                ckpt.save(host_state, meta)
+            except OSError as e:
+                kept = ckpt.list()
+                where = f"; the last good one is {kept[-1]}" if kept else ""
+                msg = f"checkpoint at env_steps={env_steps} not written: {e}{where}"
+                if final:
+                    raise TrainError(msg) from None
+                progress.note(msg + " (retrying at the next interval)")
+
+        # Evaluation runs on a background thread on a snapshot of the params, so the learner
+        # keeps consuming unrolls meanwhile (16 DrivingEnv episodes take seconds; done inline
+        # they stalled the actors). Deterministic runs evaluate inline, in a fixed order.
+        eval_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
+        eval_future = None
+
+        def eval_job():
+            host = distributed.to_host((state.params, state.obs_stats))
+            at_steps = env_steps
+
+            def job() -> dict:
+                returns = evaluate(
+                    config, policy, host[0], host[1], cfg_e.episodes, 1_000_000 + 1000 * cfg_t.seed
+                )
+                return {
+                    "env_steps": at_steps,
+                    "wall_time_s": wall(),
+                    "eval_return_mean": float(returns.mean()),
+                    "eval_return_std": float(returns.std()),
+                    "eval_episodes": len(returns),
+                }
+
+            return job
+
+        def eval_done(record: dict) -> None:
+            nonlocal last_eval, stop_at_target
             log.write(record)
-            progress.note(f"eval return {returns.mean():.1f} +- {returns.std():.1f}")
-            return record
+            progress.note(
+                f"eval return {record['eval_return_mean']:.1f} +- {record['eval_return_std']:.1f}"
+                f" (at {record['env_steps']} env steps)"
+            )
+            last_eval = record
+            target = cfg_t.stop_at_eval_return
+            if target is not None and record["eval_return_mean"] >= target:
+                progress.note(f"reached eval return {target}: stopping")
+                stop_at_target = True
+
+        def poll_eval(wait: bool = False) -> None:
+            nonlocal eval_future
+            if eval_future is not None and (wait or eval_future.done()):
+                future, eval_future = eval_future, None
+                eval_done(future.result())
 
         while True:
             # Every process must run the same updates (collectives): stop only together.
@@ -674,13 +768,21 @@ class Trainer:
                 # thread, overlapped with the next gather and update.
                 publisher.submit(version, distributed.to_host((state.params, state.obs_stats)))
             learner_time += time.monotonic() - t_upd
-            for name, v in metrics.items():
-                metrics_acc.setdefault(name, []).append(float(v))
-            if not all(math.isfinite(v) for v in metrics_acc["loss"][-1:]):
-                raise TrainError(
-                    f"non-finite loss at env_steps={env_steps}; lower learner.lr or check the "
-                    f"env's rewards (the last good checkpoint is kept)"
-                )
+            if metrics.pop("nonfinite"):
+                # The update kept the previous state; its metrics are NaN, so leave them out.
+                counters["updates_skipped_nonfinite"] += 1
+                nonfinite_in_row += 1
+                progress.note(f"update {version}: non-finite loss or gradient, skipped")
+                if nonfinite_in_row >= cfg_t.max_nonfinite_in_row:
+                    raise TrainError(
+                        f"{nonfinite_in_row} updates in a row had a non-finite loss or gradient "
+                        f"(env_steps={env_steps}); lower learner.lr or check the env's rewards "
+                        f"and observations. The last good checkpoint is untouched"
+                    )
+            else:
+                nonfinite_in_row = 0
+                for name, v in metrics.items():
+                    metrics_acc.setdefault(name, []).append(float(v))
             sps_window.append((time.monotonic(), env_steps))
             progress.update(env_steps)
 
@@ -722,19 +824,22 @@ class Trainer:
                 lags.clear()
                 learner_time = 0.0
                 last_log = now
+            if lead:
+                poll_eval()
             if env_steps >= next_eval:
                 next_eval += cfg_e.every_env_steps
-                if lead:
-                    last_eval = do_eval()
-                    target = cfg_t.stop_at_eval_return
-                    if target is not None and last_eval["eval_return_mean"] >= target:
-                        progress.note(f"reached eval return {target}: stopping")
-                        stop_at_target = True
+                if lead and det:
+                    eval_done(eval_job()())
+                elif lead and eval_future is None:  # (one still running: skip this one)
+                    eval_future = eval_pool.submit(eval_job())
             if lead and time.monotonic() >= next_ckpt:
                 next_ckpt = time.monotonic() + cfg_t.checkpoint_every_s
                 save()
 
         # --- the end: final eval (if the last one is stale), checkpoint, counters
+        if lead:
+            poll_eval(wait=True)
+        eval_pool.shutdown()
         progress.close()
         if multi:
             # Every process ends with the same replicated params; the test compares these.
@@ -745,7 +850,7 @@ class Trainer:
         elif not lead:
             return 0
         elif last_eval is None or last_eval["env_steps"] != env_steps:
-            last_eval = do_eval()
+            eval_done(eval_job()())
         if not lead:
             return 0
         stats = queue.stats if hasattr(queue, "stats") else {}
@@ -754,7 +859,7 @@ class Trainer:
             dropped_before + lag_dropped + int(stats.get("unrolls_dropped", 0))
         )
         counters["actor_restarts"] = restarts_before + actors.restarts
-        save()
+        save(final=True)
         log.write({"env_steps": env_steps, "wall_time_s": wall(), "final": True, **counters})
         if config.eval.gif and not self.stop_requested:
             host = distributed.to_host((state.params, state.obs_stats))

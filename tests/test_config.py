@@ -111,6 +111,60 @@ def test_fuzzed_overrides_never_crash_with_anything_but_config_error(key, value)
         assert "\n" not in str(e)
 
 
+# Any YAML-able document: scalars of every type, lists, nested mappings with real and fake keys.
+_SECTIONS = ["env", "actors", "rollout", "network", "learner", "transport", "train", "eval", "run"]
+_KEYS = ["num_envs", "num", "length", "hidden", "lr", "algo", "kind", "seed", "dir", "bogus", ""]
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=5), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+_documents = st.one_of(
+    _values,
+    st.dictionaries(
+        st.sampled_from(_SECTIONS) | st.text(max_size=6),
+        st.dictionaries(st.sampled_from(_KEYS), _values, max_size=3) | _values,
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=_documents)
+def test_fuzzed_config_files_load_or_fail_with_one_config_error_line(doc, tmp_path_factory):
+    import yaml
+
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        load_config(path)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+def test_fuzzed_config_file_bytes_never_escape_as_anything_but_config_error(
+    text, tmp_path_factory
+):
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+    try:
+        load_config(path)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+
+
 def test_cli_help_print_config_and_errors():
     run = lambda *a: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "jaxrl_impala.train", *a],

@@ -4,60 +4,32 @@ Each run costs ~15 s on 2 cores (JAX start-up and compiles in the learner and th
 so the file keeps to a handful of runs that each prove something from the contract.
 """
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
+from runs import (
+    DEBUG,
+    ROOT,
+    actor_pids,
+    assert_no_leaks,
+    read_metrics,
+    run_train,
+    shm_segments,
+    train_cmd,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEBUG = str(ROOT / "configs" / "debug.yaml")
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
-
-
-def shm_segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("jri_*")}
-
-
-def train_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jaxrl_impala.train", *args]
-
-
-def run_train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        train_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def actor_pids(proc: psutil.Process) -> list[int]:
-    return [
-        c.pid
-        for c in proc.children(recursive=True)
-        if "jaxrl_impala.actor" in " ".join(c.cmdline())
-    ]
-
-
-def leaked(names: set[str]) -> set[str]:
-    """Segments whose creator (``jri_<pid>_...``) has exited: nobody will unlink them."""
-    return {n for n in names if not psutil.pid_exists(int(n.split("_")[1]))}
 
 
 @pytest.fixture(autouse=True)
 def no_leaks():
     before = shm_segments()
     yield
-    # Other test sessions may hold live segments meanwhile; a leak is one left by a dead owner.
-    time.sleep(0.2)
-    assert leaked(shm_segments() - before) == set(), "shared-memory segments leaked"
+    assert_no_leaks(before)
 
 
 def test_deterministic_runs_write_identical_metrics(tmp_path):

@@ -1,0 +1,65 @@
+"""Vector-env wrappers the trainer applies by config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector.utils import batch_space
+
+
+class FrameStack(gym.vector.VectorWrapper):
+    """The last ``k`` observations of every env, concatenated along the last axis (oldest
+    first): ``[D]`` becomes ``[k * D]``, an image ``[H, W, C]`` becomes ``[H, W, k * C]``.
+
+    Single frames carry no velocities; a short stack lets an MLP see how the LiDAR returns
+    move. Built for same-step autoreset (what the trainer uses): an env whose episode just
+    ended starts its new stack from the reset observation repeated ``k`` times, and
+    ``info["final_obs"]`` (with ``info["_final_obs"]``) holds the stacked final observation
+    of every env that ended, for bootstrapping at a time limit.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, k: int):
+        super().__init__(env)
+        space = env.single_observation_space
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"frame stacking needs Box observations, got {space}")
+        if k < 1:
+            raise ValueError(f"frame stack size must be >= 1, got {k}")
+        self.k = k
+        self.single_observation_space = gym.spaces.Box(
+            np.concatenate([space.low] * k, axis=-1),
+            np.concatenate([space.high] * k, axis=-1),
+            dtype=space.dtype,
+        )
+        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+        self._frames: np.ndarray | None = None  # [B, k, *obs_shape]
+
+    def _stacked(self, frames: np.ndarray) -> np.ndarray:
+        return np.concatenate([frames[:, i] for i in range(self.k)], axis=-1)
+
+    def reset(self, *, seed: Any = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        obs = np.asarray(obs)
+        self._frames = np.repeat(obs[:, None], self.k, axis=1)
+        return self._stacked(self._frames), info
+
+    def step(self, actions):
+        from jaxrl_impala.actor import final_observations
+
+        if self._frames is None:
+            raise RuntimeError("FrameStack: call reset() first")
+        obs, reward, term, trunc, info = self.env.step(actions)
+        obs = np.asarray(obs)
+        done = np.asarray(term, bool) | np.asarray(trunc, bool)
+        frames = np.concatenate([self._frames[:, 1:], obs[:, None]], axis=1)
+        if done.any():
+            final = np.asarray(final_observations(info, obs, done))
+            ended = np.concatenate([self._frames[:, 1:], final[:, None]], axis=1)
+            info = dict(info)
+            info["final_obs"] = self._stacked(ended)
+            info["_final_obs"] = done
+            frames[done] = np.repeat(obs[done][:, None], self.k, axis=1)
+        self._frames = frames
+        return self._stacked(frames), reward, term, trunc, info
