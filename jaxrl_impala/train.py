@@ -849,6 +849,8 @@ class Trainer:
             print(f"stopping on {self.stop_reason} at env_steps={env_steps}")
         elif not lead:
             return 0
+        elif stop_at_target:
+            pass  # the evaluation that reached the target is the run's last word
         elif last_eval is None or last_eval["env_steps"] != env_steps:
             eval_done(eval_job()())
         if not lead:

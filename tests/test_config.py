@@ -180,10 +180,10 @@ def test_cli_help_print_config_and_errors():
     # --set repeats: every occurrence applies, not just the last one.
     out = run(
         "--config", "configs/cartpole.yaml", "--set", "learner.lr=0.002",
-        "--set", "env.num_envs=3", "learner.epochs=5", "--print-config",
+        "--set", "env.num_envs=8", "learner.epochs=5", "--print-config",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "lr: 0.002" in out.stdout and "num_envs: 3" in out.stdout and "epochs: 5" in out.stdout
+    assert "lr: 0.002" in out.stdout and "num_envs: 8" in out.stdout and "epochs: 5" in out.stdout
     out = run("--config", "configs/cartpole.yaml", "--set", "learner.bogus=1")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [

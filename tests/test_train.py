@@ -4,9 +4,11 @@ Each run costs ~15 s on 2 cores (JAX start-up and compiles in the learner and th
 so the file keeps to a handful of runs that each prove something from the contract.
 """
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -60,6 +62,17 @@ def test_deterministic_runs_write_identical_metrics(tmp_path):
         "throughput.png",
         "policy_lag.png",
     }
+    # The newest checkpoint evaluates from the command line.
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrl_impala.evaluate", str(tmp_path / "0"), "--episodes", "3",
+         "--json", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    assert figures["env_steps"] == 1024 and figures["episodes"] == 3
+    assert 8 <= figures["agent"] <= 500  # CartPole returns
+    assert "agent (greedy)" in out.stdout
 
 
 def test_sigkilled_actor_is_restarted_and_the_run_finishes(tmp_path):

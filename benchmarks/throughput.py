@@ -1,0 +1,296 @@
+"""End-to-end throughput of a DrivingEnv training run against its two ceilings, in one run.
+
+    python benchmarks/throughput.py                 # 1, 2, 4 actors x 32, 64, 128 envs
+    python benchmarks/throughput.py --quick --json /tmp/throughput.json    # about a minute
+
+For every (``actors.num``, ``env.num_envs``) cell, measured one after another on this machine:
+
+* **end-to-end**: ``python -m jaxrl_impala.train --config configs/driving.yaml`` with that many
+  actors and envs, run for ``--seconds`` after its first update, then stopped with SIGTERM;
+  steady-state env steps/s (median of the logged ``sps`` after a warm-up), the learner's busy
+  fraction, queue depth and policy lag, all from ``metrics.jsonl``;
+* **env ceiling**: the same number of actor processes stepping the same vector env with
+  random actions and no policy, nothing else running (env steps/s, all actors together);
+* **learner ceiling**: the same jitted update on synthetic batches of the same shape, in one
+  process, nothing else running (env steps/s it can consume);
+* **pipeline efficiency** = end-to-end / the lower ceiling: what the transport, the policy
+  on the actors and the synchronisation cost. On 2 cores the actors and the learner share
+  the CPU in the end-to-end run, so 100% is out of reach by construction.
+
+The JSON has a top-level ``pipeline_efficiency`` for the default config (the cell that
+matches ``configs/driving.yaml``), every cell's figures, the machine and versions. A PNG
+plots the three rates per cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = "configs/driving.yaml"
+
+
+# --------------------------------------------------------------------------- ceilings
+def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
+    """One actor-like process: steps DrivingVectorEnv with random actions; prints steps/s."""
+
+    from jaxrl_impala.actor import make_vector_env
+    from jaxrl_impala.config import load_config
+
+    config = load_config(ROOT / CONFIG, [f"env.num_envs={num_envs}"])
+    env = make_vector_env(config, num_envs)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    acts = [env.action_space.sample() for _ in range(256)]
+    for i in range(50):  # compile and desynchronise episodes
+        env.step(acts[i % 256])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.step(acts[n % 256])
+        n += 1
+    print(json.dumps({"sps": n * num_envs / (time.perf_counter() - t0)}), flush=True)
+
+
+def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--_env-worker", str(num_envs), str(seconds), str(i)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        for i in range(actors)
+    ]
+    return sum(json.loads(p.communicate()[0].strip().splitlines()[-1])["sps"] for p in procs)
+
+
+def _learner_worker(overrides: list[str], seconds: float) -> None:
+    """The trainer's update on random batches of the run's shape; prints env steps/s."""
+    import jax
+    import numpy as np
+
+    from jaxrl_impala.actor import env_spaces, obs_from_fields
+    from jaxrl_impala.config import derived_sizes, load_config
+    from jaxrl_impala.learner import (
+        BATCH_KEYS,
+        init_train_state,
+        make_mesh,
+        make_optimizer,
+        make_update,
+    )
+    from jaxrl_impala.networks import make_policy
+    from jaxrl_impala.train import Trainer
+
+    config = load_config(ROOT / CONFIG, overrides)
+    obs_space, action_space, terms = env_spaces(config)
+    mesh = make_mesh(config.learner.num_devices)
+    sizes = derived_sizes(config, mesh.size)
+    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
+    optimizer = make_optimizer(config, 1000)
+    state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
+    update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
+    state = jax.device_put(state, replicated)
+    trainer = Trainer(config, Path(tempfile.gettempdir()), resume=False)
+    example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
+    rng = np.random.default_rng(0)
+    unrolls = []
+    for _ in range(config.learner.batch_unrolls):
+        u = {k: v.copy() for k, v in example.items()}
+        for k, v in u.items():
+            if v.dtype.kind == "f" and k not in ("episode_return",):
+                u[k] = rng.normal(size=v.shape).astype(v.dtype) * 0.1
+        unrolls.append(u)
+    cat = {n: np.concatenate([u[n] for u in unrolls], axis=1) for n in unrolls[0]}
+    batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
+    batch["obs"] = obs_from_fields(cat)
+    key = jax.random.PRNGKey(1)
+    for _ in range(3):  # compile
+        key, sub = jax.random.split(key)
+        state, m = update(state, put_batch(batch), sub)
+        jax.block_until_ready(m)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        key, sub = jax.random.split(key)
+        # the host->device copy of a fresh batch is part of the learner's work
+        state, m = update(state, put_batch(batch), sub)
+        jax.device_get(m)
+        n += 1
+    dt = time.perf_counter() - t0
+    print(json.dumps({"sps": n * sizes["env_steps_per_update"] / dt}), flush=True)
+
+
+def learner_ceiling(overrides: list[str], seconds: float) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--_learner-worker", json.dumps(overrides), str(seconds)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+
+
+# --------------------------------------------------------------------------- end to end
+def end_to_end(overrides: list[str], seconds: float, warmup: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [
+            sys.executable, "-m", "jaxrl_impala.train", "--config", CONFIG, "--set",
+            f"run.dir={run_dir}", *overrides, "train.total_env_steps=10000000000",
+            "train.log_every_s=2", "eval.every_env_steps=0", "eval.episodes=1", "eval.gif=false",
+            "train.checkpoint_every_s=100000",
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        metrics = run_dir / "metrics.jsonl"
+        try:
+            t_first = None
+            deadline = time.time() + 600
+            while time.time() < deadline and proc.poll() is None:
+                if t_first is None and metrics.exists() and metrics.stat().st_size > 0:
+                    t_first = time.time()
+                if t_first is not None and time.time() - t_first >= warmup + seconds:
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training run failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    train = [r for r in rows if "sps" in r and "loss" in r]
+    t0 = train[0]["wall_time_s"]
+    steady = [r for r in train if r["wall_time_s"] - t0 >= warmup] or train[-3:]
+    # env steps over wall-clock across the steady window (robust to the logging cadence)
+    rate = (steady[-1]["env_steps"] - steady[0]["env_steps"]) / max(
+        steady[-1]["wall_time_s"] - steady[0]["wall_time_s"], 1e-9
+    )
+    return {
+        "sps": rate,
+        "sps_median_logged": statistics.median(r["sps"] for r in steady),
+        "learner_busy_fraction": statistics.median(r["learner_busy_fraction"] for r in steady),
+        "queue_depth_mean": statistics.mean(r["queue_depth"] for r in steady),
+        "policy_lag_mean": statistics.mean(r["policy_lag_mean"] for r in steady),
+        "samples": len(steady),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = result["cells"]
+    labels = [f"{c['actors']}x{c['num_envs']}" for c in cells]
+    x = range(len(cells))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cells)), 4))
+    w = 0.27
+    ax.bar([i - w for i in x], [c["env_ceiling_sps"] / 1e3 for c in cells], w, label="env only")
+    ax.bar(x, [c["learner_ceiling_sps"] / 1e3 for c in cells], w, label="learner only")
+    ax.bar([i + w for i in x], [c["end_to_end_sps"] / 1e3 for c in cells], w, label="end to end")
+    for i, c in enumerate(cells):
+        ax.annotate(f"{c['pipeline_efficiency']:.0%}", (i + w, c["end_to_end_sps"] / 1e3),
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_xticks(list(x), labels)
+    ax.set_xlabel("actors x envs per actor")
+    ax.set_ylabel("thousand env steps / s")
+    ax.set_title("DrivingEnv throughput (labels: pipeline efficiency)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="the default cell only, short windows")
+    p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--num-envs", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--seconds", type=float, default=40.0, help="measured window per run")
+    p.add_argument("--warmup", type=float, default=15.0)
+    p.add_argument("--json", default="benchmarks/results/throughput.json")
+    p.add_argument("--png", default="benchmarks/results/throughput.png")
+    args = p.parse_args(argv)
+    from jaxrl_impala.config import load_config
+
+    default = load_config(ROOT / CONFIG)
+    cell0 = (default.actors.num, default.env.num_envs)
+    if args.quick:
+        args.seconds, args.warmup = 12.0, 8.0
+        grid = [cell0]
+    else:
+        grid = [(a, n) for a in args.actors for n in args.num_envs]
+        if cell0 not in grid:
+            grid.insert(0, cell0)
+    cells = []
+    print(f"{'cell':>8} {'env only':>10} {'learner':>10} {'end-to-end':>11} {'eff':>5} "
+          f"{'busy':>5} {'queue':>5} {'lag':>4}", flush=True)  # fmt: skip
+    for actors, n in grid:
+        over = [f"actors.num={actors}", f"env.num_envs={n}"]
+        e2e = end_to_end(over, args.seconds, args.warmup)
+        env_c = env_ceiling(actors, n, min(args.seconds, 15.0))
+        learn_c = learner_ceiling(over, min(args.seconds, 15.0))
+        eff = e2e["sps"] / min(env_c, learn_c)
+        cell = {
+            "actors": actors,
+            "num_envs": n,
+            "default": (actors, n) == cell0,
+            "end_to_end_sps": e2e["sps"],
+            "env_ceiling_sps": env_c,
+            "learner_ceiling_sps": learn_c,
+            "pipeline_efficiency": eff,
+            "bottleneck": "env" if env_c < learn_c else "learner",
+            **{k: v for k, v in e2e.items() if k != "sps"},
+        }
+        cells.append(cell)
+        print(
+            f"{actors:>3}x{n:<4} {env_c:>10,.0f} {learn_c:>10,.0f} {e2e['sps']:>11,.0f} "
+            f"{eff:>5.0%} {e2e['learner_busy_fraction']:>5.2f} {e2e['queue_depth_mean']:>5.1f} "
+            f"{e2e['policy_lag_mean']:>4.1f}",
+            flush=True,
+        )
+    import jax
+
+    headline = next(c for c in cells if c["default"])
+    result = {
+        "benchmark": "throughput",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "versions": {"jax": jax.__version__},
+        "config": CONFIG,
+        "args": vars(args),
+        "pipeline_efficiency": headline["pipeline_efficiency"],
+        "default_cell": headline,
+        "cells": cells,
+    }
+    for path in (ROOT / args.json, ROOT / args.png):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    (ROOT / args.json).write_text(json.dumps(result, indent=1))
+    plot(result, ROOT / args.png)
+    print(
+        f"pipeline efficiency (default config, {cell0[0]} actors x {cell0[1]} envs): "
+        f"{headline['pipeline_efficiency']:.0%}\nwrote {ROOT / args.json} and {ROOT / args.png}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--_env-worker":
+        _env_worker(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--_learner-worker":
+        _learner_worker(json.loads(sys.argv[2]), float(sys.argv[3]))
+    else:
+        main()

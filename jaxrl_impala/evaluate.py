@@ -1,0 +1,88 @@
+"""Evaluate a run's newest checkpoint: greedy returns on held-out env seeds, beside the
+scripted controller and random actions on the same seeds (DrivingEnv).
+
+    python -m jaxrl_impala.evaluate RUN_DIR [--episodes 100] [--seed 2000000]
+
+The seeds default to a range disjoint from training and from the trainer's periodic
+evaluation. Prints one line per policy and the ratio to the scripted controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
+    import jax
+
+    from jaxrl_impala.actor import DRIVING_ID, env_spaces
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.learner import init_train_state, make_optimizer
+    from jaxrl_impala.networks import make_policy
+    from jaxrl_impala.train import Checkpointer, TrainError, evaluate
+
+    config = load_config(run_dir / "config.yaml")
+    obs_space, action_space, _ = env_spaces(config)
+    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
+    state = init_train_state(policy, obs_space, make_optimizer(config, 1), jax.random.PRNGKey(0))
+    restored = Checkpointer(run_dir).restore(state)
+    if restored is None:
+        raise TrainError(f"{run_dir}: no readable checkpoint")
+    state, meta, path = restored
+    returns = evaluate(config, policy, state.params, state.obs_stats, episodes, seed)
+    out = {
+        "checkpoint": str(path),
+        "env_steps": meta["env_steps"],
+        "episodes": episodes,
+        "seed": seed,
+        "agent": float(returns.mean()),
+        "agent_std": float(returns.std()),
+        "agent_sem": float(returns.std() / max(1, episodes - 1) ** 0.5),
+    }
+    if config.env.id == DRIVING_ID:
+        from jaxrl_impala.envs import reference_returns
+
+        kwargs = dict(config.env.kwargs)
+        if config.env.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = config.env.max_episode_steps
+        ref = reference_returns(episodes, seed=seed, **kwargs)
+        out.update(scripted=ref["scripted"], random=ref["random"])
+        out["fraction_of_scripted"] = out["agent"] / ref["scripted"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=2_000_000)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    from jaxrl_impala.config import ConfigError
+    from jaxrl_impala.train import TrainError
+
+    if not (args.run_dir / "config.yaml").is_file():
+        print(f"error: {args.run_dir}: not a run directory (no config.yaml)", file=sys.stderr)
+        return 2
+    try:
+        out = evaluate_run(args.run_dir, args.episodes, args.seed)
+    except (ConfigError, TrainError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out['checkpoint']} ({out['env_steps']} env steps), {out['episodes']} episodes "
+          f"from seed {out['seed']}:")  # fmt: skip
+    print(f"  agent (greedy) {out['agent']:8.2f} +- {out['agent_sem']:.2f} (s.e.)")
+    if "scripted" in out:
+        print(f"  scripted       {out['scripted']:8.2f}")
+        print(f"  random         {out['random']:8.2f}")
+        print(f"  agent / scripted = {out['fraction_of_scripted']:.0%}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
