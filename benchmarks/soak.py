@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _results import header, write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -223,15 +223,13 @@ def soak(args) -> dict:
     leftover = [n.name for pid in pids for n in Path("/dev/shm").glob(f"jri_{pid}_*")]
 
     # --- checkpoints: all verify; the newest holds the final step count
-    from jaxrl_impala.train import Checkpointer as _C
-
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in rows if r.get("final")]
     final_steps = final[-1]["env_steps"] if final else None
     bad, newest = [], None
-    for path in _C(run_dir).list():
+    for path in Checkpointer(run_dir).list():
         try:
-            meta, _ = _C._verify(path)
+            meta, _ = Checkpointer._verify(path)
             newest = meta
         except Exception as e:  # noqa: BLE001 - reported in the verdict
             bad.append(f"{path.name}: {e}")
@@ -254,14 +252,7 @@ def soak(args) -> dict:
         "clean_exit": all(c == 0 for c in exit_codes) and bool(exit_codes),
     }
     result = {
-        "benchmark": "soak",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-        },
+        **header("soak", memory_gb=round(psutil.virtual_memory().total / 2**30, 1)),
         "args": vars(args),
         "passed": all(checks.values()),
         "checks": checks,
@@ -353,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", default="benchmarks/results/soak.png")
     args = p.parse_args(argv)
     result = soak(args)
-    for path in (ROOT / args.json, ROOT / args.png):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.json).write_text(json.dumps(result, indent=1, default=str))
-    plot(result, ROOT / args.png, args.baseline)
+    write(result, ROOT / args.json, ROOT / args.png, lambda r, png: plot(r, png, args.baseline))
     f = result["figures"]
     print(
         f"soak {'PASSED' if result['passed'] else 'FAILED'}: {f['kills']} kills, "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import header, write
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
@@ -262,13 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     headline = next(c for c in cells if c["default"])
     result = {
-        "benchmark": "throughput",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **header("throughput"),
         "versions": {"jax": jax.__version__},
         "config": CONFIG,
         "args": vars(args),
@@ -276,10 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default_cell": headline,
         "cells": cells,
     }
-    for path in (ROOT / args.json, ROOT / args.png):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.json).write_text(json.dumps(result, indent=1))
-    plot(result, ROOT / args.png)
+    write(result, ROOT / args.json, ROOT / args.png, plot)
     print(
         f"pipeline efficiency (default config, {cell0[0]} actors x {cell0[1]} envs): "
         f"{headline['pipeline_efficiency']:.0%}\nwrote {ROOT / args.json} and {ROOT / args.png}"

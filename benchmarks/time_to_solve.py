@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import header, write
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("appo", "impala", "ppo")
@@ -289,13 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError:
         pass
     result = {
-        "benchmark": "time_to_solve",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **header("time_to_solve"),
         "versions": versions,
         "args": vars(args),
         "targets": targets,
@@ -307,10 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],  # fmt: skip
         "summary": summary,
     }
-    for path in (ROOT / args.json, ROOT / args.png):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.json).write_text(json.dumps(result, indent=1))
-    plot(result, ROOT / args.png)
+    write(result, ROOT / args.json, ROOT / args.png, plot)
     print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
     return result
 

@@ -81,11 +81,17 @@ def make_vector_env(config: Config, num_envs: int, **extra: Any) -> gym.vector.V
     return env
 
 
+def env_kwargs(config: Config) -> dict[str, Any]:
+    """The env constructor options of ``config.env`` (its kwargs plus the time limit)."""
+    kwargs = dict(config.env.kwargs)
+    if config.env.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = config.env.max_episode_steps
+    return kwargs
+
+
 def _make_vector_env(config: Config, num_envs: int, **extra: Any) -> gym.vector.VectorEnv:
     ec = config.env
-    kwargs = {**ec.kwargs, **extra}
-    if ec.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = ec.max_episode_steps
+    kwargs = {**env_kwargs(config), **extra}
     if ec.id == DRIVING_ID:
         from jaxrl_impala.envs import DrivingVectorEnv
 

@@ -18,7 +18,7 @@ from pathlib import Path
 def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
     import jax
 
-    from jaxrl_impala.actor import DRIVING_ID, env_spaces
+    from jaxrl_impala.actor import DRIVING_ID, env_kwargs, env_spaces
     from jaxrl_impala.config import load_config
     from jaxrl_impala.learner import init_train_state, make_optimizer
     from jaxrl_impala.networks import make_policy
@@ -45,10 +45,7 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
     if config.env.id == DRIVING_ID:
         from jaxrl_impala.envs import reference_returns
 
-        kwargs = dict(config.env.kwargs)
-        if config.env.max_episode_steps is not None:
-            kwargs["max_episode_steps"] = config.env.max_episode_steps
-        ref = reference_returns(episodes, seed=seed, **kwargs)
+        ref = reference_returns(episodes, seed=seed, **env_kwargs(config))
         out.update(scripted=ref["scripted"], random=ref["random"])
         out["fraction_of_scripted"] = out["agent"] / ref["scripted"]
     return out

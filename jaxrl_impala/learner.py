@@ -289,10 +289,8 @@ def make_update(
         metrics["reward_mean"] = jnp.mean(batch["rewards"])
         # A non-finite loss, gradient or result leaves the state as it was (the step count
         # still advances); the trainer counts these and stops after too many in a row.
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(metrics)]))
-        finite &= jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)])
-        )
+        leaves = jax.tree.leaves((metrics, state))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), state, old_state)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return state.replace(step=old_state.step + 1), metrics

@@ -56,27 +56,23 @@ def bandit_batch(rng, policy, state):
     }
 
 
-@pytest.mark.parametrize("algo", ["appo", "impala", "ppo"])
-def test_every_algo_learns_a_bandit(algo):
-    config = load_config(
-        None,
-        [
-            f"learner.algo={algo}",
-            "env.num_envs=8",
-            "learner.batch_unrolls=1",
-            "learner.minibatches=2",
-            "learner.epochs=2",
-            "learner.lr=0.01",
-            "network.hidden=[8]",
-            f"rollout.length={T}",
-            "learner.obs_norm=false",
-        ],
-    )
-    policy = make_policy(OBS, ACT, config.network, obs_norm=False)
+def bandit_learner(overrides: list[str]):
+    """(policy, state, update, put_batch) for the bandit: 8 envs, one unroll of T steps,
+    2 minibatches, a tiny network; ``overrides`` set the rest."""
+    base = ["env.num_envs=8", "learner.batch_unrolls=1", "learner.minibatches=2"]
+    config = load_config(None, [*base, "network.hidden=[8]", f"rollout.length={T}", *overrides])
+    policy = make_policy(OBS, ACT, config.network, obs_norm=config.learner.obs_norm)
     optimizer = make_optimizer(config, 100)
     state = init_train_state(policy, OBS, optimizer, jax.random.PRNGKey(0))
     update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(1))
-    state = jax.device_put(state, replicated)
+    return policy, jax.device_put(state, replicated), update, put_batch
+
+
+@pytest.mark.parametrize("algo", ["appo", "impala", "ppo"])
+def test_every_algo_learns_a_bandit(algo):
+    policy, state, update, put_batch = bandit_learner(
+        [f"learner.algo={algo}", "learner.epochs=2", "learner.lr=0.01", "learner.obs_norm=false"]
+    )
     rng = np.random.default_rng(0)
 
     def p_good():
@@ -100,24 +96,9 @@ def test_every_algo_learns_a_bandit(algo):
 def test_a_nonfinite_update_leaves_the_state_as_it_was():
     """Updates 2 and 3 get NaN rewards: params, optimiser and normaliser state are kept (bit
     for bit), the step still advances and ``nonfinite`` says so."""
-    config = load_config(
-        None,
-        [
-            "env.num_envs=8",
-            "learner.batch_unrolls=1",
-            "learner.minibatches=2",
-            "learner.epochs=1",
-            "network.hidden=[8]",
-            f"rollout.length={T}",
-            "learner.inject_nan_from=2",
-            "learner.inject_nan_every=1",
-        ],
+    policy, state, update, put_batch = bandit_learner(
+        ["learner.epochs=1", "learner.inject_nan_from=2", "learner.inject_nan_every=1"]
     )
-    policy = make_policy(OBS, ACT, config.network, obs_norm=True)
-    optimizer = make_optimizer(config, 100)
-    state = init_train_state(policy, OBS, optimizer, jax.random.PRNGKey(0))
-    update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(1))
-    state = jax.device_put(state, replicated)
     rng = np.random.default_rng(0)
     host = lambda s: jax.tree.map(np.asarray, jax.device_get(s))  # noqa: E731
 

@@ -7,6 +7,7 @@ the gradients NaN inside the jitted update.
 import math
 
 import flax.serialization
+import jax
 import numpy as np
 from runs import DEBUG, final_record, read_metrics, run_train
 
@@ -33,16 +34,7 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
 
 
 def _finite_tree(tree) -> bool:
-    leaves = []
-
-    def walk(x):
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        else:
-            leaves.append(np.asarray(x))
-
-    walk(tree)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
     return bool(leaves) and all(np.all(np.isfinite(x)) for x in leaves if x.dtype.kind == "f")
 
 
