@@ -181,10 +181,24 @@ def unflatten_params(arrays: dict[str, np.ndarray], params_template: Any, stats_
 
 
 # --------------------------------------------------------------------------- the rollout
+def restart_seed(seed: int, actor_id: int, incarnation: int) -> int:
+    """First env seed of a restarted (or resumed) actor: fresh scenarios, not a replay of its
+    first life's. In [2**30, 2**30 + 2**29), clear of the first-life training seeds
+    (``seed * 100_003 + actor_id * B``) and of the evaluation seeds (1,000,000 and up)."""
+    state = np.random.SeedSequence([seed, actor_id, incarnation]).generate_state(1)[0]
+    return (1 << 30) + int(state) % (1 << 29)
+
+
 class Rollout:
     """Steps a vector env with a policy and assembles ``[T+1, B]`` unrolls (numpy)."""
 
-    def __init__(self, config: Config, actor_id: int, env: gym.vector.VectorEnv | None = None):
+    def __init__(
+        self,
+        config: Config,
+        actor_id: int,
+        env: gym.vector.VectorEnv | None = None,
+        incarnation: int = 0,
+    ):
         from jaxrl_impala.learner import policy_step_fn, value_fn
         from jaxrl_impala.networks import init_obs_stats, make_policy, sample_obs
 
@@ -199,12 +213,19 @@ class Rollout:
         self.policy = make_policy(
             obs_space, self.action_space, config.network, config.learner.obs_norm
         )
-        self.params_template = self.policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
-        self.stats_template = init_obs_stats(obs_space)
+        # Only the tree structure is needed to unpack the params the learner sends: shapes,
+        # not values (running flax's init here would compile op by op for seconds).
+        self.params_template = jax.eval_shape(
+            self.policy.net.init, jax.random.PRNGKey(0), sample_obs(obs_space)
+        )
+        self.stats_template = jax.eval_shape(lambda: init_obs_stats(obs_space))
         self._step = jax.jit(policy_step_fn(self.policy))
         self._value = jax.jit(value_fn(self.policy))
         self.key = jax.random.PRNGKey(config.train.seed * 7919 + 104729 * (actor_id + 1))
         seed = config.train.seed * 100_003 + actor_id * self.B
+        if incarnation:
+            self.key = jax.random.fold_in(self.key, incarnation % 2**31)
+            seed = restart_seed(config.train.seed, actor_id, incarnation)
         self.obs, _ = self.env.reset(seed=seed)
         self.action_space.seed(seed)
         self.ep_return = np.zeros(self.B, np.float64)
@@ -294,7 +315,7 @@ class Rollout:
 
 
 # --------------------------------------------------------------------------- process entry
-def run(config: Config, actor_id: int, address: dict) -> int:
+def run(config: Config, actor_id: int, address: dict, incarnation: int = 0) -> int:
     """The actor loop; returns 0 when the learner closes the queue or goes away."""
     from jaxrl_impala.transport import connect_actor
 
@@ -312,7 +333,7 @@ def run(config: Config, actor_id: int, address: dict) -> int:
             return queue.closed or orphaned or not queue.owner_alive(stale_after=60.0)
         return queue.closed or orphaned or not queue.owner_alive()
 
-    rollout = Rollout(config, actor_id)
+    rollout = Rollout(config, actor_id, incarnation=incarnation)
     deterministic = config.train.deterministic
     per_version = max(1, config.learner.batch_unrolls // config.actors.num)
     version = -1
@@ -347,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     parser.add_argument("--actor-id", type=int, required=True)
     parser.add_argument(
+        "--incarnation",
+        type=int,
+        default=0,
+        help="which start of this actor in the run (set by the trainer); a restarted or "
+        "resumed actor draws fresh env seeds and action noise",
+    )
+    parser.add_argument(
         "--address",
         help="transport address as JSON (set by the trainer); without it (a standalone actor, "
         "e.g. on another host) the Redis transport.url and transport.prefix of the config",
@@ -374,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         address = redis_address(config.transport.url, config.transport.prefix)
     try:
-        return run(config, args.actor_id, address)
+        return run(config, args.actor_id, address, args.incarnation)
     except RedisTransportError as e:
         print(f"actor {args.actor_id}: error: {e}", file=sys.stderr)
         return 1

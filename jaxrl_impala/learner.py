@@ -81,10 +81,16 @@ def _grad_steps(config: Config) -> int:
 def init_train_state(
     policy: Policy, obs_space, optimizer: optax.GradientTransformation, key: jax.Array
 ) -> TrainState:
-    params = policy.net.init(key, sample_obs(obs_space))
-    return TrainState(
-        params, optimizer.init(params), init_obs_stats(obs_space), jnp.zeros((), jnp.int32)
-    )
+
+    def init(key):
+        params = policy.net.init(key, sample_obs(obs_space))
+        return TrainState(
+            params, optimizer.init(params), init_obs_stats(obs_space), jnp.zeros((), jnp.int32)
+        )
+
+    # One compiled program: run eagerly, flax's init dispatches (and compiles) op by op, which
+    # takes seconds on a small CPU machine that is starting actors at the same time.
+    return jax.jit(init)(key)
 
 
 def make_mesh(num_devices: int) -> Mesh:

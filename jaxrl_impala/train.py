@@ -75,6 +75,24 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _import_summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported without torch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors; we log
+    floats. That import costs seconds of CPU and ~300 MB in the learner, at start-up, when
+    the actors are starting too. Unless torch is already loaded, hide it for the import.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """``metrics.jsonl`` (append, one flushed line per record) and TensorBoard scalars."""
 
@@ -83,8 +101,7 @@ class MetricsLog:
         self.failed_writes = 0
         self.file = open(self.path, "a", buffering=1)
         try:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _import_summary_writer()
             self.tb = SummaryWriter(str(run_dir / "tb"))
         except Exception as e:  # noqa: BLE001 - TensorBoard is optional output, never fatal
             print(f"TensorBoard events disabled: {e}", file=sys.stderr)
@@ -211,7 +228,14 @@ class Checkpointer:
 class ActorSupervisor:
     """Starts actor processes, restarts crashed ones with backoff, detects crash loops."""
 
-    def __init__(self, config: Config, run_dir: Path, address: dict, first_id: int = 0):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        address: dict,
+        first_id: int = 0,
+        first_incarnation: int = 0,
+    ):
         self.config = config
         self.first_id = first_id  # several learner processes: each starts its own actor ids
         self.log_dir = run_dir / "logs"
@@ -221,6 +245,9 @@ class ActorSupervisor:
         self.restart_at: list[float | None] = [None] * config.actors.num
         self.crashes: list[deque] = [deque() for _ in range(config.actors.num)]
         self.restarts = 0
+        # Each start of an actor gets a new incarnation number, so a restarted actor (or one
+        # of a resumed run, which starts counting at its env_steps) plays fresh scenarios.
+        self.incarnations = [first_incarnation] * config.actors.num
 
     def _start(self, i: int) -> None:
         from jaxrl_impala.actor import LEARNER_PID_ENV
@@ -238,7 +265,10 @@ class ActorSupervisor:
             str(self.first_id + i),
             "--address",
             json.dumps(self.address),
+            "--incarnation",
+            str(self.incarnations[i]),
         ]
+        self.incarnations[i] += 1
         log = open(self.log_dir / f"actor_{self.first_id + i}.log", "ab")
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -317,8 +347,9 @@ def evaluate(config: Config, policy, params, stats, episodes: int, seed: int) ->
         done = np.zeros(episodes, bool)
         space = env.single_action_space
         limit = config.env.max_episode_steps or 100_000
+        key = jax.random.PRNGKey(0)  # unused by the greedy policy
         for _ in range(limit + 1):
-            action = np.asarray(step(params, stats, obs, jax.random.PRNGKey(0))[0])
+            action = np.asarray(step(params, stats, obs, key)[0])
             if isinstance(space, gym.spaces.Box):
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
             obs, reward, term, trunc, _ = env.step(action)
@@ -414,6 +445,7 @@ class Trainer:
 
         import jax
 
+        use_compile_cache(config.train.compile_cache)
         from jaxrl_impala.actor import env_spaces, flatten_params
         from jaxrl_impala.learner import (
             init_train_state,
@@ -474,6 +506,14 @@ class Trainer:
 
         # Frame layout from a zero unroll: the spec every received frame must match.
         example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
+        # Compile the update on a thread while the actors start (XLA releases the GIL), not
+        # when the first batch arrives: on a small CPU machine that is seconds off start-up.
+        k = sizes["local_batch_unrolls"]
+        update = _CompiledAhead(
+            update,
+            lambda: (state, put_batch(to_batch(concat_unrolls([example] * k)))),
+            jax.device_put(np.asarray(key), replicated),
+        )
         spec = FrameSpec.from_arrays(example)
         # Slack for the header: meta integers grow digits as the run goes on.
         slot_bytes = (
@@ -511,7 +551,13 @@ class Trainer:
             queue = distributed.SharedRedisConsumer(cfg_tr.url, cfg_tr.prefix, spec)
             store = None
             address = {**redis_address(cfg_tr.url, cfg_tr.prefix), "max_frame_bytes": slot_bytes}
-        actors = ActorSupervisor(config, run_dir, address, first_id=process_id * config.actors.num)
+        actors = ActorSupervisor(
+            config,
+            run_dir,
+            address,
+            first_id=process_id * config.actors.num,
+            first_incarnation=env_steps,
+        )
         log: MetricsLog | _NullLog = _NullLog()
         publisher = _Publisher(store, flatten_params) if lead else None
         old_handlers = {
@@ -570,9 +616,14 @@ class Trainer:
         from jaxrl_impala.networks import sample_obs
 
         T, B = self.config.rollout.length, self.config.env.num_envs
-        params = policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
-        dist, _, dist_params = policy.apply(params, None, sample_obs(obs_space, (B,)))
-        action = np.asarray(dist.sample(jax.random.PRNGKey(0)))
+
+        def action_and_dist_params():
+            params = policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
+            dist, _, dist_params = policy.apply(params, None, sample_obs(obs_space, (B,)))
+            return dist.sample(jax.random.PRNGKey(0)), dist_params
+
+        # Shapes and dtypes only: nothing is computed (or compiled).
+        action, dist_params = jax.eval_shape(action_and_dist_params)
         obs = jax.tree.map(np.asarray, sample_obs(obs_space, (T + 1, B)))
         arrays = {
             **obs_fields(obs),
@@ -616,8 +667,6 @@ class Trainer:
         import jax
 
         from jaxrl_impala import distributed
-        from jaxrl_impala.actor import obs_from_fields
-        from jaxrl_impala.learner import BATCH_KEYS
 
         config = self.config
         cfg_l, cfg_t, cfg_e = config.learner, config.train, config.eval
@@ -741,7 +790,8 @@ class Trainer:
                 break
             if det:
                 frames.sort(key=lambda f: (f[0], f[1]))
-            cat = {n: np.concatenate([f[2][n] for f in frames], axis=1) for n in frames[0][2]}
+            cat = concat_unrolls([f[2] for f in frames])
+            batch = to_batch(cat)
             done = ~np.isnan(cat["episode_return"])
             for r in cat["episode_return"][done]:
                 recent_returns.append(float(r))
@@ -749,8 +799,6 @@ class Trainer:
             if "episode_terms" in cat and done.any():
                 for j, name in enumerate(self.term_names):
                     term_sums[name] = float(cat["episode_terms"][..., j][done].mean())
-            batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
-            batch["obs"] = obs_from_fields(cat)
             # --- update
             t_upd = time.monotonic()
             key, sub = jax.random.split(key)
@@ -875,6 +923,64 @@ class Trainer:
             ):
                 print(f"wrote {self.run_dir / 'eval.gif'}")
         return 0
+
+
+def use_compile_cache(path: str) -> None:
+    """Point JAX's persistent compilation cache at ``path`` (``""``: leave it off). An
+    unusable directory only costs the cache, never the run."""
+    if not path:
+        return
+    import jax
+
+    cache = Path(path).expanduser()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"compile cache off: {cache}: {e.strerror}", file=sys.stderr)
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+
+
+def concat_unrolls(unrolls: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Unrolls' frame arrays (``[T(+1), B, ...]`` each) side by side: ``[T(+1), N, ...]``."""
+    return {n: np.concatenate([u[n] for u in unrolls], axis=1) for n in unrolls[0]}
+
+
+def to_batch(cat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Concatenated frame arrays -> the update's batch (``obs`` a pytree for dict obs)."""
+    from jaxrl_impala.actor import obs_from_fields
+    from jaxrl_impala.learner import BATCH_KEYS
+
+    batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
+    batch["obs"] = obs_from_fields(cat)
+    return batch
+
+
+class _CompiledAhead:
+    """The jitted update, compiled on a background thread from example arguments (XLA
+    releases the GIL) while the actors start; the first call waits for that compile, which
+    leaves the executable in JAX's cache, so no call compiles again. Should the ahead-of-time
+    compile fail, the first call compiles as before and reports the error itself."""
+
+    def __init__(self, jitted, example_args, key):
+        self._jitted = jitted
+
+        def compile_it() -> None:
+            try:
+                jitted.lower(*example_args(), key).compile()
+            except Exception:  # noqa: BLE001 - the first real call reports it
+                pass
+
+        self._thread: threading.Thread | None = threading.Thread(
+            target=compile_it, name="compile-update", daemon=True
+        )
+        self._thread.start()
+
+    def __call__(self, *args):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return self._jitted(*args)
 
 
 def params_digest(tree: Any) -> str:
