@@ -17,7 +17,16 @@ Verdict (exit 1 when any check fails):
   * /dev/shm: the run's segments keep their size; none is left once the trainer has exited;
   * checkpoints: every checkpoint dir verifies (sha256) and the last one holds the final
     ``env_steps``; none was lost;
-  * every killed actor was restarted (``actor_restarts`` >= kills) and the run exited 0.
+  * every killed actor was restarted (``actor_restarts`` >= kills) and the run exited 0;
+  * with ``--compare-with``: the learning curve, judged against a twin without kills.
+
+The learning-curve check needs a twin run under the same load, so run both at once, then
+compare (the kill-free twin is the same soak with ``--kill-every-s 0``):
+
+    python benchmarks/soak.py --kill-every-s 0 --out /tmp/twin --json /tmp/twin.json \
+        --png /tmp/twin.png &
+    python benchmarks/soak.py --out /tmp/soak; wait
+    python benchmarks/soak.py --compare-with /tmp/twin.json
 
 Writes JSON (machine, versions, arguments, every sample, kills, verdict) and a PNG.
 """
@@ -281,7 +290,36 @@ def soak(args) -> dict:
     return result
 
 
-def plot(result: dict, path: Path, baseline: Path | None) -> None:
+def compare_curves(result: dict, twin: dict) -> dict:
+    """The soak's greedy eval curve against a twin run without kills (``--kill-every-s 0``,
+    run at the same time so both see the same load), point by point at equal env steps.
+
+    Kills cost actor time, not learning: at equal env steps the curves should agree within
+    their noise. The check fails when the soak's mean over the matched points is below the
+    twin's by more than twice the standard error of the paired differences (eval points of
+    one run are correlated, so that error is if anything optimistic: a strict check).
+    """
+    theirs = {e["env_steps"]: e["eval_return_mean"] for e in twin["evals"]}
+    matched = [e for e in result["evals"] if e["env_steps"] in theirs]
+    pairs = [(e["eval_return_mean"], theirs[e["env_steps"]]) for e in matched]
+    if len(pairs) < 3:
+        return {"matched_evals": len(pairs), "learning_curve_unaffected": False}
+    diffs = [a - b for a, b in pairs]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    mean_diff = statistics.fmean(diffs)
+    return {
+        "matched_evals": len(pairs),
+        "matched_env_steps": [matched[0]["env_steps"], matched[-1]["env_steps"]],
+        "soak_eval_mean": statistics.fmean(a for a, _ in pairs),
+        "twin_eval_mean": statistics.fmean(b for _, b in pairs),
+        "mean_difference": mean_diff,
+        "difference_se": se,
+        "twin_final_env_steps": twin["figures"]["final_env_steps"],
+        "learning_curve_unaffected": mean_diff >= -2 * se,
+    }
+
+
+def plot(result: dict, path: Path, baseline: Path | None, twin: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,9 +345,13 @@ def plot(result: dict, path: Path, baseline: Path | None) -> None:
     ax[1, 1].plot(
         [x["env_steps"] / 1e6 for x in e], [x["eval_return_mean"] for x in e], label="soak"
     )
-    if baseline is not None:
+    b = None
+    if twin is not None:
+        b = twin["evals"]
+    elif baseline is not None:
         rows = [json.loads(x) for x in (baseline / "metrics.jsonl").read_text().splitlines()]
         b = [r for r in rows if "eval_return_mean" in r]
+    if b is not None:
         ax[1, 1].plot(
             [x["env_steps"] / 1e6 for x in b],
             [x["eval_return_mean"] for x in b],
@@ -342,7 +384,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, help="a run dir without kills, for the eval plot")
     p.add_argument("--json", default="benchmarks/results/soak.json")
     p.add_argument("--png", default="benchmarks/results/soak.png")
+    p.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="TWIN_JSON",
+        help="no soak: judge the learning curve of --json's soak against this twin's JSON "
+        "(a soak with --kill-every-s 0 run at the same time), then rewrite --json and --png",
+    )
     args = p.parse_args(argv)
+    if args.compare_with is not None:
+        result = json.loads((ROOT / args.json).read_text())
+        twin = json.loads(args.compare_with.read_text())
+        result["learning_curve"] = compare_curves(result, twin)
+        result["checks"]["learning_curve_unaffected"] = result["learning_curve"].pop(
+            "learning_curve_unaffected"
+        )
+        result["passed"] = all(result["checks"].values())
+        result["twin"] = {k: twin[k] for k in ("args", "checks", "figures", "evals")}
+        (ROOT / args.json).write_text(json.dumps(result, indent=1))
+        plot(result, ROOT / args.png, None, twin)
+        c = result["learning_curve"]
+        print(
+            f"learning curve over {c['matched_evals']} matched evals: soak "
+            f"{c.get('soak_eval_mean', float('nan')):.1f}, no kills "
+            f"{c.get('twin_eval_mean', float('nan')):.1f}, difference "
+            f"{c.get('mean_difference', float('nan')):+.1f} +- "
+            f"{c.get('difference_se', float('nan')):.1f} (s.e.): "
+            f"{'ok' if result['checks']['learning_curve_unaffected'] else 'FAIL'}"
+        )
+        return 0 if result["passed"] else 1
     result = soak(args)
     write(result, ROOT / args.json, ROOT / args.png, lambda r, png: plot(r, png, args.baseline))
     f = result["figures"]
