@@ -874,7 +874,7 @@ class Trainer:
                 last_log = now
             if lead:
                 poll_eval()
-            if env_steps >= next_eval:
+            if env_steps >= next_eval and not stop_at_target:
                 next_eval += cfg_e.every_env_steps
                 if lead and det:
                     eval_done(eval_job()())
