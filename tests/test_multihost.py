@@ -38,6 +38,12 @@ def learner_cmd(run_dir: Path, url: str, port: int, process_id: int, *extra: str
         f"distributed.process_id={process_id}",
         "distributed.init_timeout_s=60",
         "actors.num=1",
+        # the batch this test was written for (two unrolls of 16 envs, split over the two
+        # processes), whatever the preset's latest tuning
+        "env.num_envs=16",
+        "learner.batch_unrolls=2",
+        "learner.epochs=4",
+        "learner.minibatches=4",
         "learner.num_devices=1",
         "eval.gif=false",
         *extra,
