@@ -154,13 +154,17 @@ def soak(args) -> dict:
     rng = random.Random(args.seed)
     end = time.monotonic() + args.minutes * 60
     budget = segment
+    t0 = time.monotonic()
+    next_kill = (
+        t0 + args.warmup_s + rng.expovariate(1 / args.kill_every_s)
+        if args.kill_every_s > 0
+        else float("inf")  # a kill-free twin
+    )
     proc = _start(args, run_dir, resume=False, budget=budget)
     trainer = psutil.Process(proc.pid)
     pids = [proc.pid]
     samples, kills, resumes, ckpts_seen = [], [], 0, set()
     exit_codes = []
-    t0 = time.monotonic()
-    next_kill = t0 + args.warmup_s + rng.expovariate(1 / args.kill_every_s)
     next_sample = t0
     print(f"soak: {args.minutes} min of {args.config}; outputs in {out_dir}", flush=True)
     try:
