@@ -91,14 +91,14 @@ class Stop(BaseCallback):
     def __init__(self):
         super().__init__(); self.next = spec["eval_every"]; self.hit = None; self.evals = []
     def _on_step(self):
+        if time.time() - t0 > spec["max_seconds"]:
+            return False  # the cap holds between evaluations too
         if self.num_timesteps >= self.next:
             self.next += spec["eval_every"]
             m = evaluate(self.model)
             self.evals.append((self.num_timesteps, time.time() - t0, m))
             if m >= spec["target"]:
                 self.hit = (time.time() - t0, self.num_timesteps); return False
-            if time.time() - t0 > spec["max_seconds"]:
-                return False
         return True
 
 cb = Stop()
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one seed, CartPole only: ~2-3 minutes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--systems", nargs="+", default=[*OURS, "sb3_ppo"])
+    p.add_argument("--systems", nargs="*", default=[*OURS, "sb3_ppo"])
     p.add_argument("--driving-systems", nargs="*", default=["appo", "sb3_ppo"])
     p.add_argument("--driving-seeds", type=int, nargs="*", default=[0])
     p.add_argument("--driving-fraction", type=float, default=0.5)

@@ -1,0 +1,138 @@
+"""CPU time per env step of each part of a DrivingEnv run, each part alone in this process.
+
+    python benchmarks/cpu_cost.py [--config configs/driving.yaml] [--json PATH]
+
+Parts: the env alone (one vector env of ``env.num_envs``, fixed random actions), an actor
+(``Rollout.unroll``: the policy, sampling and unroll assembly around the same env) and the
+learner (the config's jitted update on a batch of its shape). For each: env steps/s, cores
+busy (process CPU time over wall time) and CPU microseconds per env step.
+
+What it is for: an end-to-end run must pay actor + learner CPU for every env step, on the
+same cores that the ceilings of ``throughput.py`` each have to themselves. So
+
+    end-to-end <= cores / (actor_us + learner_us)   and
+    pipeline efficiency <= that / min(env ceiling, learner ceiling),
+
+which bounds the efficiency this machine can show, whatever the transport does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from _results import header
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn, n: int, steps_per_call: int) -> dict:
+    fn()  # warm-up (compiles)
+    t, c = time.perf_counter(), _cpu()
+    for _ in range(n):
+        fn()
+    wall, cpu = time.perf_counter() - t, _cpu() - c
+    steps = n * steps_per_call
+    return {
+        "env_steps_per_s": steps / wall,
+        "cores_busy": cpu / wall,
+        "cpu_us_per_env_step": cpu / steps * 1e6,
+    }
+
+
+def measure(config_path: str, overrides: list[str]) -> dict:
+    import jax
+    import numpy as np
+
+    from jaxrl_impala.actor import Rollout, env_spaces, flatten_params
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.learner import init_train_state, make_mesh, make_optimizer, make_update
+    from jaxrl_impala.networks import make_policy
+    from jaxrl_impala.train import Trainer, concat_unrolls, to_batch
+
+    config = load_config(config_path, ["train.compile_cache=", *overrides])
+    T, B, k = config.rollout.length, config.env.num_envs, config.learner.batch_unrolls
+
+    obs_space, action_space, terms = env_spaces(config)
+    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
+    optimizer = make_optimizer(config, 1000)
+    state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
+    update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(0))
+    state = jax.device_put(state, replicated)
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = config
+    example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
+    rng = np.random.default_rng(0)
+    for name, v in example.items():  # non-degenerate inputs for the update
+        if name.startswith("obs") and v.dtype == np.float32:
+            example[name] = rng.normal(size=v.shape).astype(np.float32)
+    batch = put_batch(to_batch(concat_unrolls([example] * k)))
+    key = jax.device_put(np.asarray(jax.random.PRNGKey(1)), replicated)
+    box = [state]
+
+    def learner_step():
+        box[0], _ = update(box[0], batch, key)
+        jax.block_until_ready(box[0])
+
+    out = {"learner": _timed(learner_step, 10, k * B * T)}
+
+    rollout = Rollout(config, actor_id=0)
+    host = jax.device_get(box[0])
+    rollout.set_params(flatten_params(host.params, host.obs_stats))
+    out["actor"] = _timed(lambda: rollout.unroll(0), 8, T * B)
+    actions = np.stack([action_space.sample() for _ in range(B)])
+    out["env_only"] = _timed(lambda: rollout.env.step(actions), 10 * T, B)
+    rollout.env.close()
+
+    cores = os.cpu_count() or 1
+    per_step = out["actor"]["cpu_us_per_env_step"] + out["learner"]["cpu_us_per_env_step"]
+    env_ceiling = cores / out["env_only"]["cpu_us_per_env_step"] * 1e6
+    out["bound"] = {
+        "cores": cores,
+        "end_to_end_env_steps_per_s_at_most": cores / per_step * 1e6,
+        "env_ceiling_from_cpu_cost": env_ceiling,
+        "pipeline_efficiency_at_most": (cores / per_step * 1e6)
+        / min(env_ceiling, cores / out["learner"]["cpu_us_per_env_step"] * 1e6),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/driving.yaml")
+    p.add_argument("--set", nargs="*", action="extend", default=[], help="config overrides")
+    p.add_argument("--json", default="benchmarks/results/cpu_cost.json")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    out = measure(args.config, args.set)
+    print(f"{'part':10s} {'env steps/s':>12} {'cores busy':>11} {'CPU us/step':>12}")
+    for part in ("env_only", "actor", "learner"):
+        r = out[part]
+        print(f"{part:10s} {r['env_steps_per_s']:12,.0f} {r['cores_busy']:11.2f} "
+              f"{r['cpu_us_per_env_step']:12.1f}")  # fmt: skip
+    b = out["bound"]
+    cap, eff = b["end_to_end_env_steps_per_s_at_most"], b["pipeline_efficiency_at_most"]
+    print(f"on {b['cores']} cores: end-to-end <= {cap:,.0f} env steps/s; "
+          f"pipeline efficiency <= {eff:.0%}")  # fmt: skip
+    result = {**header("cpu_cost"), "args": vars(args), **out}
+    path = ROOT / args.json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
