@@ -971,8 +971,11 @@ class _CompiledAhead:
             except Exception:  # noqa: BLE001 - the first real call reports it
                 pass
 
+        # Not a daemon: should the run fail before its first update (a refused Redis
+        # password, say), the interpreter waits for the compile to end instead of tearing
+        # the thread down inside XLA, which aborts the process ("exception not rethrown").
         self._thread: threading.Thread | None = threading.Thread(
-            target=compile_it, name="compile-update", daemon=True
+            target=compile_it, name="compile-update", daemon=False
         )
         self._thread.start()
 
