@@ -373,7 +373,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+        # env.kwargs too: `--set env.kwargs.num_vehicles=4` keeps the file's obs_mode
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value

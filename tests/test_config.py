@@ -62,6 +62,12 @@ def test_overrides_are_typed():
     assert c.env.kwargs == {"obs_mode": "pixels"}
 
 
+def test_an_env_kwarg_override_keeps_the_presets_other_kwargs():
+    c = load_config(ROOT / "configs/driving.yaml", ["env.kwargs.num_vehicles=4"])
+    assert c.env.kwargs["num_vehicles"] == 4
+    assert c.env.kwargs["obs_mode"] == "vector" and c.env.kwargs["action_mode"] == "continuous"
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
