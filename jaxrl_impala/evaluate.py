@@ -32,7 +32,8 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
     if restored is None:
         raise TrainError(f"{run_dir}: no readable checkpoint")
     state, meta, path = restored
-    returns = evaluate(config, policy, state.params, state.obs_stats, episodes, seed)
+    ends: dict[str, int] = {}
+    returns = evaluate(config, policy, state.params, state.obs_stats, episodes, seed, ends)
     out = {
         "checkpoint": str(path),
         "env_steps": meta["env_steps"],
@@ -46,7 +47,9 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
         from jaxrl_impala.envs import reference_returns
 
         ref = reference_returns(episodes, seed=seed, **env_kwargs(config))
-        out.update(scripted=ref["scripted"], random=ref["random"])
+        out.update(scripted=ref["scripted"], random=ref["random"], agent_ends=ends)
+        out["scripted_route_end"] = round(ref["scripted_completion"] * episodes)
+        out["scripted_collision"] = round(ref["scripted_collision"] * episodes)
         out["fraction_of_scripted"] = out["agent"] / ref["scripted"]
     return out
 
@@ -76,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  scripted       {out['scripted']:8.2f}")
         print(f"  random         {out['random']:8.2f}")
         print(f"  agent / scripted = {out['fraction_of_scripted']:.0%}")
+        e = out["agent_ends"]
+        print(
+            f"  agent episodes: {e['collision']} collision, {e['offroad']} off road, "
+            f"{e['route_end']} route end, {e['time_limit']} time limit; scripted: "
+            f"{out['scripted_collision']} collision, {out['scripted_route_end']} route end"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -333,8 +333,13 @@ class ActorSupervisor:
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(config: Config, policy, params, stats, episodes: int, seed: int) -> np.ndarray:
-    """Greedy returns of ``episodes`` episodes on env seeds disjoint from training."""
+def evaluate(
+    config: Config, policy, params, stats, episodes: int, seed: int, ends: dict | None = None
+) -> np.ndarray:
+    """Greedy returns of ``episodes`` episodes on env seeds disjoint from training.
+
+    ``ends``, when given, is filled (DrivingEnv) with how many episodes ended in a
+    ``collision``, ``offroad``, at the ``route_end`` or at the ``time_limit``."""
     import jax
 
     from jaxrl_impala.actor import make_vector_env
@@ -352,9 +357,17 @@ def evaluate(config: Config, policy, params, stats, episodes: int, seed: int) ->
             action = np.asarray(step(params, stats, obs, key)[0])
             if isinstance(space, gym.spaces.Box):
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
-            obs, reward, term, trunc, _ = env.step(action)
+            obs, reward, term, trunc, info = env.step(action)
             returns += np.where(done, 0.0, reward)
-            done |= np.asarray(term) | np.asarray(trunc)
+            ending = ~done & (np.asarray(term) | np.asarray(trunc))
+            if ends is not None and "collision" in info:
+                collision = np.asarray(info["collision"], bool)
+                offroad = np.asarray(info["offroad"], bool) & ~collision
+                route_end = np.asarray(term, bool) & ~collision & ~offroad
+                for name, hit in (("collision", collision), ("offroad", offroad),
+                                  ("route_end", route_end), ("time_limit", ~np.asarray(term))):
+                    ends[name] = ends.get(name, 0) + int((ending & hit).sum())  # fmt: skip
+            done |= ending
             if done.all():
                 break
         return returns

@@ -105,6 +105,11 @@ class DrivingConfig:
     """Std of Gaussian noise added to normalised LiDAR ranges (0 = off)."""
     lidar_dropout: float = 0.0
     """Probability that a beam returns nothing (reads 1.0) on a step (0 = off)."""
+    pedestrian_tracks: bool = False
+    """Append a track per pedestrian to the ``vector`` observation (what a perception stack
+    hands a planner): crossing and within ``lidar_range`` of the ego along the road, its arc
+    length ahead, lateral offset from the ego and walking speed; nearest first. Thin LiDAR
+    beams see a crossing pedestrian on one beam for a few steps at a time."""
     curvature_preview: tuple[float, ...] = (0.0, 10.0, 20.0, 35.0, 50.0)
     """Distances ahead (metres) at which the road curvature is observed."""
     pixels_size: int = 64
@@ -186,7 +191,8 @@ class DrivingConfig:
 
     @property
     def vector_obs_size(self) -> int:
-        return 3 * self.lidar_beams + len(self.curvature_preview) + 12
+        tracks = 4 * self.num_pedestrians if self.pedestrian_tracks else 0
+        return 3 * self.lidar_beams + len(self.curvature_preview) + 12 + tracks
 
     @property
     def num_discrete_actions(self) -> int:

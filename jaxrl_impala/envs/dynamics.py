@@ -505,7 +505,8 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     within range); curvature preview [len(curvature_preview)] (kappa * min_radius); speed / max,
     speed limit / max, heading error / pi, offset from the lane centre / lane width, offset from
     the road centre / half width, previous steer, throttle, brake, friction mu, slope / 0.1,
-    route completion, grip use (|a| / mu g).
+    route completion, grip use (|a| / mu g); with ``pedestrian_tracks``, [P, 4] more (see
+    `pedestrian_tracks`).
     """
     ranges = lidar(cfg, state) / cfg.lidar_range
     if cfg.lidar_noise_std > 0.0 or cfg.lidar_dropout > 0.0:
@@ -535,7 +536,32 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
         ]
     )
     feats = jnp.concatenate([kap * cfg.min_radius, extras])
+    if cfg.pedestrian_tracks:
+        feats = jnp.concatenate([feats, pedestrian_tracks(cfg, state).reshape(-1)])
     return jnp.concatenate([ranges, jnp.clip(feats, -1.0, 1.0)]).astype(jnp.float32)
+
+
+def pedestrian_tracks(cfg: DrivingConfig, state: EnvState) -> jax.Array:
+    """One row per pedestrian, nearest first. float32 [P, 4].
+
+    Row: ``[1, (s_ped - s) / lidar_range, (d_ped - d) / (2 * road half width), v_d / 2 m/s]``
+    for a pedestrian crossing within ``lidar_range`` of the ego's arc length ``s`` (ahead or
+    behind), ``[0, 0, 0, 0]`` for the others (waiting, or out of range), which sort last.
+    """
+    ahead = state.ped_s - state.s
+    seen = state.ped_active & (jnp.abs(ahead) <= cfg.lidar_range)
+    rows = jnp.stack(
+        [
+            jnp.ones_like(ahead),
+            ahead / cfg.lidar_range,
+            (state.ped_d - state.d) / (2.0 * cfg.road_half_width),
+            state.ped_vd / 2.0,
+        ],
+        axis=-1,
+    )
+    rows = jnp.where(seen[:, None], rows, 0.0)
+    order = jnp.argsort(jnp.where(seen, jnp.abs(ahead), jnp.inf))
+    return rows[order]
 
 
 # ------------------------------------------------------------------------------------------------
