@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -51,23 +53,35 @@ def learner_cmd(run_dir: Path, url: str, port: int, process_id: int, *extra: str
 
 
 def run_learners(cmds: list[list[str]], timeout: float = 240) -> list[tuple[int, str, str]]:
+    """Runs the learner processes side by side; their output goes to files, not pipes: a
+    pipe nobody drains (one process waited on while the other writes) blocks its writer,
+    and a blocked learner stalls the other at the next collective."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for cmd in cmds
-    ]
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [
+            (open(f"{tmp}/{i}.out", "w+"), open(f"{tmp}/{i}.err", "w+"))
+            for i in range(len(cmds))
+        ]
+        procs = [
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+            for cmd, (out, err) in zip(cmds, files, strict=True)
+        ]
+        deadline = time.monotonic() + timeout
+        try:
+            for proc in procs:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        results = []
+        for proc, (out, err) in zip(procs, files, strict=True):
+            out.seek(0)
+            err.seek(0)
+            results.append((proc.returncode, out.read(), err.read()))
+            out.close()
+            err.close()
     return results
 
 
@@ -85,8 +99,11 @@ def test_two_learner_processes_train_cartpole_in_lock_step(tmp_path, redis_serve
     results = run_learners(
         [learner_cmd(run_dir, redis_server.url, port, i, *extra) for i in range(2)]
     )
-    for i, (code, out, err) in enumerate(results):
-        assert code == 0, f"process {i} exited {code}:\n{out[-1500:]}\n{err[-3000:]}"
+    report = "\n".join(
+        f"process {i} exited {code}:\n{out[-1500:]}\n{err[-3000:]}"
+        for i, (code, out, err) in enumerate(results)
+    )
+    assert [code for code, _, _ in results] == [0, 0], report
     digests = {}
     for _, out, _ in results:
         for pid, digest in DIGEST.findall(out):
