@@ -889,7 +889,10 @@ class Trainer:
                 poll_eval()
             if env_steps >= next_eval and not stop_at_target:
                 next_eval += cfg_e.every_env_steps
-                if lead and det:
+                # Several processes: inline too, so that no JAX work runs on a side thread
+                # of process 0 while the processes are inside a collective together (a
+                # gloo "collective mismatch" abort was seen with the eval thread).
+                if lead and (det or multi):
                     eval_done(eval_job()())
                 elif lead and eval_future is None:  # (one still running: skip this one)
                     eval_future = eval_pool.submit(eval_job())
