@@ -146,10 +146,10 @@ def run_ours(algo: str, env: str, seed: int, target: float, max_s: float, extra)
 
 def driving_kwargs() -> dict:
     """The env options of configs/driving.yaml: SB3 sees the same observations as ours."""
-    sys.path.insert(0, str(ROOT))
+    from jaxrl_impala.actor import env_kwargs
     from jaxrl_impala.config import load_config
 
-    return dict(load_config(ROOT / "configs/driving.yaml").env.kwargs)
+    return env_kwargs(load_config(ROOT / "configs/driving.yaml"))
 
 
 def run_sb3(env: str, seed: int, target: float, max_s: float, eval_seed: int) -> dict:

@@ -358,14 +358,15 @@ def evaluate(
             if isinstance(space, gym.spaces.Box):
                 action = np.clip(action, space.low, space.high).astype(space.dtype)
             obs, reward, term, trunc, info = env.step(action)
+            term = np.asarray(term, bool)
             returns += np.where(done, 0.0, reward)
-            ending = ~done & (np.asarray(term) | np.asarray(trunc))
+            ending = ~done & (term | np.asarray(trunc, bool))
             if ends is not None and "collision" in info:
                 collision = np.asarray(info["collision"], bool)
                 offroad = np.asarray(info["offroad"], bool) & ~collision
-                route_end = np.asarray(term, bool) & ~collision & ~offroad
+                route_end = term & ~collision & ~offroad
                 for name, hit in (("collision", collision), ("offroad", offroad),
-                                  ("route_end", route_end), ("time_limit", ~np.asarray(term))):
+                                  ("route_end", route_end), ("time_limit", ~term)):
                     ends[name] = ends.get(name, 0) + int((ending & hit).sum())  # fmt: skip
             done |= ending
             if done.all():

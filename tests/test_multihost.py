@@ -57,31 +57,26 @@ def run_learners(cmds: list[list[str]], timeout: float = 240) -> list[tuple[int,
     pipe nobody drains (one process waited on while the other writes) blocks its writer,
     and a blocked learner stalls the other at the next collective."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [
-            (open(f"{tmp}/{i}.out", "w+"), open(f"{tmp}/{i}.err", "w+"))
-            for i in range(len(cmds))
-        ]
-        procs = [
-            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
-            for cmd, (out, err) in zip(cmds, files, strict=True)
-        ]
-        deadline = time.monotonic() + timeout
-        try:
-            for proc in procs:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        results = []
-        for proc, (out, err) in zip(procs, files, strict=True):
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in cmds]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        for cmd, (out, err) in zip(cmds, files, strict=True)
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for proc, (out, err) in zip(procs, files, strict=True):
+        with out, err:
             out.seek(0)
             err.seek(0)
             results.append((proc.returncode, out.read(), err.read()))
-            out.close()
-            err.close()
     return results
 
 
