@@ -189,8 +189,78 @@ def restart_seed(seed: int, actor_id: int, incarnation: int) -> int:
     return (1 << 30) + int(state) % (1 << 29)
 
 
+def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space):
+    """One jittable function for a whole unroll of an env written in JAX: the policy, T env
+    steps and the unroll's bookkeeping in one ``lax.scan``, with no host round trip per step.
+
+    ``unroll(params, stats, carry, key) -> (key, carry, out)`` where ``carry`` is
+    ``(packed, obs, ep_return [B], ep_length [B], ep_terms [B, K])`` and ``env_step`` is a
+    pure step such as :meth:`DrivingVectorEnv.pure_step`. ``out`` holds the Unroll's arrays
+    except the last observation row (the returned ``carry[1]``). Step t samples with
+    ``split(key, T + 1)[t + 1]`` and the returned key is ``[0]``, as :meth:`Rollout.unroll`
+    does step by step, so both give the same unroll from the same state.
+    """
+    import jax.numpy as jnp
+
+    from jaxrl_impala.learner import policy_step_fn, value_fn
+
+    act = policy_step_fn(policy)
+    value = value_fn(policy)
+    box = isinstance(action_space, gym.spaces.Box)
+
+    def unroll(params, stats, carry, key):
+        keys = jax.random.split(key, T + 1)
+
+        def body(carry, k):
+            packed, obs, ep_return, ep_length, ep_terms = carry
+            action, logp, dist, _ = act(params, stats, obs, k)
+            if box:
+                to_env = jnp.clip(action, action_space.low, action_space.high)
+                to_env = to_env.astype(action_space.dtype)
+            else:
+                to_env = action
+            packed, next_obs, final_obs, reward, term, trunc, terms = env_step(packed, to_env)
+            cut = trunc & ~term
+            trunc_value = jax.lax.cond(  # the value net only on steps where an episode was cut
+                cut.any(),
+                lambda: jnp.where(cut, value(params, stats, final_obs), 0.0),
+                lambda: jnp.zeros(cut.shape, jnp.float32),
+            )
+            ep_return = ep_return + reward
+            ep_length = ep_length + 1
+            ep_terms = ep_terms + terms
+            done = term | trunc
+            out = {
+                "obs": obs,
+                "actions": action,
+                "behaviour_logp": logp.astype(jnp.float32),
+                "behaviour_dist": dist.astype(jnp.float32),
+                "rewards": reward.astype(jnp.float32),
+                "terminated": term,
+                "truncated": trunc,
+                "truncation_value": trunc_value.astype(jnp.float32),
+                "episode_return": jnp.where(done, ep_return, jnp.nan),
+                "episode_length": jnp.where(done, ep_length, 0),
+                "episode_terms": jnp.where(done[:, None], ep_terms, 0.0),
+            }
+            ep_return = jnp.where(done, 0.0, ep_return)
+            ep_length = jnp.where(done, 0, ep_length)
+            ep_terms = jnp.where(done[:, None], 0.0, ep_terms)
+            return (packed, next_obs, ep_return, ep_length, ep_terms), out
+
+        carry, out = jax.lax.scan(body, carry, keys[1:])
+        return keys[0], carry, out
+
+    return unroll
+
+
 class Rollout:
-    """Steps a vector env with a policy and assembles ``[T+1, B]`` unrolls (numpy)."""
+    """Steps a vector env with a policy and assembles ``[T+1, B]`` unrolls (numpy).
+
+    An env that offers a pure JAX step (``pure_step()``, as DrivingVectorEnv does) is stepped
+    by :func:`fused_unroll_fn`, one jitted call per unroll (``fused=False`` forces the step
+    by step path); any other env one ``env.step`` per step.
+    """
 
     def __init__(
         self,
@@ -198,6 +268,7 @@ class Rollout:
         actor_id: int,
         env: gym.vector.VectorEnv | None = None,
         incarnation: int = 0,
+        fused: bool | None = None,
     ):
         from jaxrl_impala.learner import policy_step_fn, value_fn
         from jaxrl_impala.networks import init_obs_stats, make_policy, sample_obs
@@ -232,10 +303,27 @@ class Rollout:
         self.ep_length = np.zeros(self.B, np.int64)
         self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
         self.unroll_index = 0
+        if fused is None:
+            fused = hasattr(self.env, "pure_step")
+        self._fused = None
+        if fused:
+            import jax.numpy as jnp
+
+            self._fused = jax.jit(
+                fused_unroll_fn(self.policy, self.env.pure_step(), self.T, self.action_space)
+            )
+            self._carry = (
+                self.env.packed_state,
+                jax.tree.map(jnp.asarray, self.obs),
+                jnp.zeros(self.B, jnp.float32),
+                jnp.zeros(self.B, jnp.int32),
+                jnp.zeros((self.B, len(self.term_names)), jnp.float32),
+            )
 
     def set_params(self, arrays: dict[str, np.ndarray]) -> None:
-        self.params, self.stats = unflatten_params(
-            arrays, self.params_template, self.stats_template
+        # on the device once per version, not converted again by every jitted call
+        self.params, self.stats = jax.device_put(
+            unflatten_params(arrays, self.params_template, self.stats_template)
         )
 
     def _to_env(self, action: np.ndarray) -> np.ndarray:
@@ -247,6 +335,27 @@ class Rollout:
 
     def unroll(self, policy_version: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Acts T steps; returns (arrays, meta) of one Unroll."""
+        arrays = self._unroll_fused() if self._fused is not None else self._unroll_stepwise()
+        meta = {
+            "policy_version": int(policy_version),
+            "actor_id": self.actor_id,
+            "unroll_index": self.unroll_index,
+        }
+        self.unroll_index += 1
+        return arrays, meta
+
+    def _unroll_fused(self) -> dict[str, np.ndarray]:
+        self.key, self._carry, out = self._fused(self.params, self.stats, self._carry, self.key)
+        self.env.packed_state = self._carry[0]  # the env object stays in step with the unroll
+        out, last_obs = jax.device_get((out, self._carry[1]))
+        self.obs = last_obs
+        obs = jax.tree.map(lambda rows, last: np.concatenate([rows, last[None]]), out.pop("obs"),
+                           last_obs)  # fmt: skip
+        if not self.term_names:
+            del out["episode_terms"]
+        return {**obs_fields(obs), **out}
+
+    def _unroll_stepwise(self) -> dict[str, np.ndarray]:
         T, B = self.T, self.B
         obs_rows, act_rows, logp_rows, dist_rows = [], [], [], []
         rewards = np.zeros((T, B), np.float32)
@@ -305,13 +414,7 @@ class Rollout:
         }
         if self.term_names:
             arrays["episode_terms"] = ep_terms
-        meta = {
-            "policy_version": int(policy_version),
-            "actor_id": self.actor_id,
-            "unroll_index": self.unroll_index,
-        }
-        self.unroll_index += 1
-        return arrays, meta
+        return arrays
 
 
 # --------------------------------------------------------------------------- process entry

@@ -1,7 +1,9 @@
-"""The actor's rollout: seeding of restarted actors."""
+"""The actor's rollout: seeding of restarted actors, the fused unroll against the step by step
+one."""
 
 import jax
 import numpy as np
+import pytest
 
 from jaxrl_impala.actor import Rollout, flatten_params, restart_seed
 from jaxrl_impala.config import load_config
@@ -34,3 +36,53 @@ def test_restart_seeds_are_distinct_and_clear_of_training_and_evaluation_seeds()
     # First-life training seeds stay below 1,000,000 for small train.seed; evaluation uses
     # 1,000,000 + 1000 * seed and 2,000,000 (evaluate CLI) upwards, a few thousand wide.
     assert min(seeds) >= 2**30 and max(seeds) + 1024 < 2**31
+
+
+def _random_params(rollout: Rollout, seed: int) -> dict:
+    """Random (not zero) weights, so the policy's actions differ from env to env."""
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(
+        lambda t: rng.normal(0.0, 1.0, t.shape).astype(t.dtype), rollout.params_template
+    )
+    stats = jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), rollout.stats_template)
+    return flatten_params(params, stats)
+
+
+@pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
+def test_fused_unroll_matches_the_step_by_step_unroll(action_mode):
+    # Episodes of at most 20 steps, 4 unrolls of 8, wild random weights: terminations,
+    # truncations (with their bootstrap values), episode returns and autoresets all happen
+    # inside the fused scan.
+    config = load_config(
+        "configs/driving.yaml",
+        [
+            "env.num_envs=16",
+            "env.max_episode_steps=20",
+            f"env.kwargs.action_mode={action_mode}",
+            "rollout.length=8",
+            "network.hidden=[16]",
+        ],
+    )
+    fused = Rollout(config, actor_id=0, fused=True)
+    stepwise = Rollout(config, actor_id=0, fused=False)
+    assert fused._fused is not None and stepwise._fused is None
+    arrays = _random_params(fused, seed=3)
+    fused.set_params(arrays)
+    stepwise.set_params(arrays)
+    ended = np.zeros(2, int)
+    for i in range(4):
+        a, meta_a = fused.unroll(policy_version=i)
+        b, meta_b = stepwise.unroll(policy_version=i)
+        assert meta_a == meta_b
+        assert sorted(a) == sorted(b)
+        ended += b["terminated"].sum(), (b["truncated"] & ~b["terminated"]).sum()
+        for name in b:
+            assert a[name].shape == b[name].shape, name
+            assert a[name].dtype == b[name].dtype, name
+            if b[name].dtype == bool or np.issubdtype(b[name].dtype, np.integer):
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+            else:
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    assert ended.min() > 0, f"terminated, truncated: {ended}"
+    fused.env.close()
+    stepwise.env.close()

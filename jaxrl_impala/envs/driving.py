@@ -7,17 +7,24 @@ a batch of one without autoreset), so env ``i`` of ``DrivingVectorEnv(num_envs, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from jaxrl_impala.envs import dynamics
-from jaxrl_impala.envs.config import ACTION_MODES, OBS_MODES, DrivingConfig, make_config
+from jaxrl_impala.envs.config import (
+    ACTION_MODES,
+    OBS_MODES,
+    REWARD_TERMS,
+    DrivingConfig,
+    make_config,
+)
 from jaxrl_impala.envs.render import labels_to_rgb
 
 _RENDER_SIZE = 384
@@ -254,6 +261,54 @@ class DrivingVectorEnv(_ControlsMixin, VectorEnv):
         infos["final_obs"] = _to_numpy(final_obs)
         infos["_final_obs"] = term | trunc
         return _to_numpy(obs), rew, term, trunc, infos
+
+    # ---------------------------------------------------------------- the pure step
+    # For callers that step the env inside their own jitted code (the actor fuses the policy
+    # and T env steps into one ``lax.scan``): the packed state in and out, no host round trip.
+    @property
+    def packed_state(self) -> jax.Array:
+        """The batched state as one uint32 [B, F] array (what :meth:`pure_step` steps)."""
+        return self._packed()
+
+    @packed_state.setter
+    def packed_state(self, packed: jax.Array) -> None:
+        if self._state is not None and packed.shape != self._state.shape:
+            raise ValueError(f"packed state of shape {packed.shape}, expected {self._state.shape}")
+        self._state = packed
+
+    def pure_step(self) -> Callable:
+        """A pure, jittable version of :meth:`step` on the packed state.
+
+        ``step(packed uint32 [B, F], actions) -> (packed, obs, final_obs, reward [B],
+        terminated [B], truncated [B], reward_terms [B, len(REWARD_TERMS)])``, with ``actions``
+        float32 [B, 3] or int [B] as :meth:`step` takes them, the same SAME_STEP autoreset, and
+        ``reward_terms`` in :data:`REWARD_TERMS` order. ``step(self.packed_state, a)`` gives
+        the transition ``self.step(a)`` would.
+        """
+        cfg, obs_mode = self.cfg, self.obs_mode
+        table = jnp.asarray(self._table) if self.action_mode == "discrete" else None
+        col = {k: i for i, k in enumerate(dynamics.SCALARS)}
+        term_cols = jnp.asarray([col[f"reward_terms/{k}"] for k in REWARD_TERMS])
+
+        def step(packed, actions):
+            if table is None:
+                controls = jnp.asarray(actions, jnp.float32).reshape(-1, 3)
+            else:
+                controls = table[jnp.asarray(actions).reshape(-1)]
+            packed, obs, final_obs, scalars = dynamics.batch_step(
+                cfg, obs_mode, True, packed, controls
+            )
+            return (
+                packed,
+                obs,
+                final_obs,
+                scalars[:, col["reward"]],
+                scalars[:, col["terminated"]] > 0.5,
+                scalars[:, col["truncated"]] > 0.5,
+                scalars[:, term_cols],
+            )
+
+        return step
 
     def scripted_actions(self) -> np.ndarray:
         """The scripted controller's action for every env, in this env's action mode.
