@@ -117,8 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/driving.yaml")
     p.add_argument("--set", nargs="*", action="extend", default=[], help="config overrides")
     p.add_argument("--json", default="benchmarks/results/cpu_cost.json")
+    p.add_argument(
+        "--all-cpus",
+        action="store_true",
+        help="let each part use every CPU (default: all on one CPU, as a training run with "
+        "train.pin_cpus runs the learner's compute and each actor; XLA's thread pool then "
+        "adds idle spinning, not work, to the CPU time)",
+    )
     args = p.parse_args(argv)
     os.chdir(ROOT)
+    if not args.all_cpus and hasattr(os, "sched_setaffinity"):  # before JAX starts threads
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     out = measure(args.config, args.set)
     print(f"{'part':10s} {'env steps/s':>12} {'cores busy':>11} {'CPU us/step':>12}")
     for part in ("env_only", "actor", "learner"):

@@ -63,11 +63,16 @@ def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
 
 
 def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    """Env steps/s of ``actors`` processes together, each pinned to a CPU as the trainer
+    pins its actors (``actors.pin_cpus``)."""
+    from jaxrl_impala.cpus import ACTOR_CPU_ENV
+
+    cpus = sorted(os.sched_getaffinity(0))
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--_env-worker", str(num_envs), str(seconds), str(i)],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu", **{ACTOR_CPU_ENV: str(cpus[i % len(cpus)])}),
         )  # fmt: skip
         for i in range(actors)
     ]
@@ -281,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_env-worker":
+        from jaxrl_impala.cpus import pin_actor_from_env
+
+        pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
         _env_worker(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_learner-worker":
         _learner_worker(json.loads(sys.argv[2]), float(sys.argv[3]))

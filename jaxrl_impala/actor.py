@@ -45,6 +45,9 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":  # before JAX is imported anywhere in this process
     os.environ["JAX_PLATFORMS"] = "cpu"
+    from jaxrl_impala.cpus import pin_actor_from_env
+
+    pin_actor_from_env()
     if os.environ.get(LEARNER_PID_ENV):
         # Ask for the parent-death signal first thing (importing JAX takes seconds), then
         # check the learner did not die before we asked: it would never be sent.

@@ -235,8 +235,10 @@ class ActorSupervisor:
         address: dict,
         first_id: int = 0,
         first_incarnation: int = 0,
+        actor_cpus: list[int] | None = None,
     ):
         self.config = config
+        self.actor_cpus = actor_cpus  # actor i runs on actor_cpus[i % len]; None: anywhere
         self.first_id = first_id  # several learner processes: each starts its own actor ids
         self.log_dir = run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -251,10 +253,14 @@ class ActorSupervisor:
 
     def _start(self, i: int) -> None:
         from jaxrl_impala.actor import LEARNER_PID_ENV
+        from jaxrl_impala.cpus import ACTOR_CPU_ENV
 
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         env[LEARNER_PID_ENV] = str(os.getpid())
         env.pop("XLA_FLAGS", None)
+        env.pop(ACTOR_CPU_ENV, None)
+        if self.actor_cpus:
+            env[ACTOR_CPU_ENV] = str(self.actor_cpus[i % len(self.actor_cpus)])
         cmd = [
             sys.executable,
             "-m",
@@ -456,6 +462,16 @@ class Trainer:
             )
         if lead:
             check_writable(run_dir)
+        from jaxrl_impala.cpus import pin_process, split_cpus
+
+        actor_cpus = None
+        split = split_cpus() if config.train.pin_cpus and num_processes == 1 else None
+        if split is not None:  # before JAX starts its thread pool in this process
+            learner_cpus, actor_cpus = split
+            pin_process(learner_cpus)
+            if lead:
+                cpu_list = lambda cpus: ",".join(map(str, cpus))  # noqa: E731
+                print(f"cpus: learner {cpu_list(learner_cpus)}, actors {cpu_list(actor_cpus)}")
 
         import jax
 
@@ -517,6 +533,11 @@ class Trainer:
         host_state = jax.device_get(state)
         version = int(host_state.step)
         state = jax.device_put(host_state, replicated)
+        if split is not None:
+            # XLA's threads (which run the update) now exist and stay on the learner CPUs; this
+            # thread, and the threads it starts from here on (publisher, compiler, evaluation),
+            # may use every CPU: their Python work fits in the actors' idle time.
+            os.sched_setaffinity(0, split[0] + split[1])
 
         # Frame layout from a zero unroll: the spec every received frame must match.
         example = self._example_unroll(policy, obs_space, action_space, term_names, jax)
@@ -571,6 +592,7 @@ class Trainer:
             address,
             first_id=process_id * config.actors.num,
             first_incarnation=env_steps,
+            actor_cpus=actor_cpus,
         )
         log: MetricsLog | _NullLog = _NullLog()
         publisher = _Publisher(store, flatten_params) if lead else None

@@ -24,7 +24,23 @@ from runs import (
     train_cmd,
 )
 
+from jaxrl_impala.cpus import split_cpus
+
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
+
+
+@pytest.mark.parametrize(
+    "cpus, expected",
+    [
+        ({0}, None),
+        ({0, 1}, ([0], [1])),
+        ({0, 1, 2}, ([0, 1], [2])),
+        ({4, 5, 6, 7}, ([4, 5], [6, 7])),
+    ],
+)
+def test_split_cpus_gives_the_learner_the_first_half(monkeypatch, cpus, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
+    assert split_cpus() == expected
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +114,14 @@ def test_sigkilled_actor_is_restarted_and_the_run_finishes(tmp_path):
             time.sleep(0.2)
         victims = actor_pids(parent)
         assert victims, "no actor processes found"
+        split = split_cpus()
+        if split is not None:  # train.pin_cpus: each actor on one CPU outside the learner's
+            for pid in victims:
+                # an actor pins itself first thing, a moment after it starts
+                until = time.time() + 30
+                while len(cpus := psutil.Process(pid).cpu_affinity()) > 1 and time.time() < until:
+                    time.sleep(0.05)
+                assert len(cpus) == 1 and cpus[0] in split[1], (cpus, split)
         os.kill(victims[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=180)
     finally:
