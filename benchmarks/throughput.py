@@ -10,9 +10,11 @@ For every (``actors.num``, ``env.num_envs``) cell, measured one after another on
   steady-state env steps/s (median of the logged ``sps`` after a warm-up), the learner's busy
   fraction, queue depth and policy lag, all from ``metrics.jsonl``;
 * **env ceiling**: the same number of actor processes stepping the same vector env with
-  random actions and no policy, nothing else running (env steps/s, all actors together);
+  random actions and no policy, the way an actor steps it (one jitted scan per unroll),
+  each on a CPU of its own, nothing else running (env steps/s, all actors together);
 * **learner ceiling**: the same jitted update on synthetic batches of the same shape, in one
-  process, nothing else running (env steps/s it can consume);
+  process, nothing else running (env steps/s it can consume); measured free to use every
+  CPU and on one CPU, the better of the two counts (both are in the JSON);
 * **pipeline efficiency** = end-to-end / the lower ceiling: what the transport, the policy
   on the actors and the synchronisation cost. On 2 cores the actors and the learner share
   the CPU in the end-to-end run, so 100% is out of reach by construction.
@@ -43,7 +45,10 @@ CONFIG = "configs/driving.yaml"
 
 # --------------------------------------------------------------------------- ceilings
 def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
-    """One actor-like process: steps DrivingVectorEnv with random actions; prints steps/s."""
+    """One actor-like process: steps DrivingVectorEnv with random actions, as the actor steps
+    it (one jitted ``lax.scan`` per unroll of ``rollout.length`` steps, the observations
+    copied to the host), but with no policy; prints steps/s."""
+    import jax
 
     from jaxrl_impala.actor import make_vector_env
     from jaxrl_impala.config import load_config
@@ -51,20 +56,38 @@ def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
     config = load_config(ROOT / CONFIG, [f"env.num_envs={num_envs}"])
     env = make_vector_env(config, num_envs)
     env.reset(seed=seed)
-    env.action_space.seed(seed)
-    acts = [env.action_space.sample() for _ in range(256)]
-    for i in range(50):  # compile and desynchronise episodes
-        env.step(acts[i % 256])
+    space, T, step = env.single_action_space, config.rollout.length, env.pure_step()
+
+    def random_actions(key):
+        if hasattr(space, "n"):
+            return jax.random.randint(key, (num_envs,), 0, int(space.n))
+        return jax.random.uniform(key, (num_envs, *space.shape), minval=-1.0, maxval=1.0)
+
+    @jax.jit
+    def unroll(packed, key):
+        def body(packed, k):
+            packed, obs, *_ = step(packed, random_actions(k))
+            return packed, obs
+
+        return jax.lax.scan(body, packed, jax.random.split(key, T))
+
+    packed, key = env.packed_state, jax.random.PRNGKey(seed)
+    for _ in range(3):  # compile and desynchronise episodes
+        key, sub = jax.random.split(key)
+        packed, obs = unroll(packed, sub)
+        jax.device_get(obs)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        env.step(acts[n % 256])
+        key, sub = jax.random.split(key)
+        packed, obs = unroll(packed, sub)
+        jax.device_get(obs)
         n += 1
-    print(json.dumps({"sps": n * num_envs / (time.perf_counter() - t0)}), flush=True)
+    print(json.dumps({"sps": n * T * num_envs / (time.perf_counter() - t0)}), flush=True)
 
 
 def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
-    """Env steps/s of ``actors`` processes together, each pinned to a CPU as the trainer
-    pins its actors (``actors.pin_cpus``)."""
+    """Env steps/s of ``actors`` processes together, each on a CPU of its own (round robin
+    over every CPU: their best layout alone)."""
     from jaxrl_impala.cpus import ACTOR_CPU_ENV
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -134,14 +157,26 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
     print(json.dumps({"sps": n * sizes["env_steps_per_update"] / dt}), flush=True)
 
 
-def learner_ceiling(overrides: list[str], seconds: float) -> float:
-    out = subprocess.run(
-        [sys.executable, __file__, "--_learner-worker", json.dumps(overrides), str(seconds)],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+def learner_ceiling(overrides: list[str], seconds: float) -> dict:
+    """The update alone, free to use every CPU and on one CPU: ``{"all_cpus", "one_cpu",
+    "sps"}``, ``sps`` the better of the two (XLA's threads help a large update and slow a
+    small one)."""
+    from jaxrl_impala.cpus import ACTOR_CPU_ENV
+
+    out = {}
+    for layout in ("all_cpus", "one_cpu"):
+        env = dict(os.environ)
+        env.pop(ACTOR_CPU_ENV, None)
+        if layout == "one_cpu":
+            env[ACTOR_CPU_ENV] = str(min(os.sched_getaffinity(0)))
+        run = subprocess.run(
+            [sys.executable, __file__, "--_learner-worker", json.dumps(overrides), str(seconds)],
+            capture_output=True, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        if run.returncode != 0:
+            raise RuntimeError(run.stderr[-2000:])
+        out[layout] = json.loads(run.stdout.strip().splitlines()[-1])["sps"]
+    return {**out, "sps": max(out.values())}
 
 
 # --------------------------------------------------------------------------- end to end
@@ -244,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
         over = [f"actors.num={actors}", f"env.num_envs={n}"]
         e2e = end_to_end(over, args.seconds, args.warmup)
         env_c = env_ceiling(actors, n, min(args.seconds, 15.0))
-        learn_c = learner_ceiling(over, min(args.seconds, 15.0))
+        learner = learner_ceiling(over, min(args.seconds, 15.0))
+        learn_c = learner["sps"]
         eff = e2e["sps"] / min(env_c, learn_c)
         cell = {
             "actors": actors,
@@ -253,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             "end_to_end_sps": e2e["sps"],
             "env_ceiling_sps": env_c,
             "learner_ceiling_sps": learn_c,
+            "learner_alone_sps": {k: v for k, v in learner.items() if k != "sps"},
             "pipeline_efficiency": eff,
             "bottleneck": "env" if env_c < learn_c else "learner",
             **{k: v for k, v in e2e.items() if k != "sps"},
@@ -291,6 +328,9 @@ if __name__ == "__main__":
         pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
         _env_worker(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_learner-worker":
+        from jaxrl_impala.cpus import pin_actor_from_env
+
+        pin_actor_from_env()  # the one-CPU layout (set by learner_ceiling)
         _learner_worker(json.loads(sys.argv[2]), float(sys.argv[3]))
     else:
         main()
