@@ -14,7 +14,8 @@ For every (``actors.num``, ``env.num_envs``) cell, measured one after another on
   each on a CPU of its own, nothing else running (env steps/s, all actors together);
 * **learner ceiling**: the same jitted update on synthetic batches of the same shape, in one
   process, nothing else running (env steps/s it can consume); measured free to use every
-  CPU and on one CPU, the better of the two counts (both are in the JSON);
+  CPU and laid out as a run lays out its learner (``train.pin_cpus``), the better of the
+  two counts (both are in the JSON);
 * **pipeline efficiency** = end-to-end / the lower ceiling: what the transport, the policy
   on the actors and the synchronisation cost. On 2 cores the actors and the learner share
   the CPU in the end-to-end run, so 100% is out of reach by construction.
@@ -39,8 +40,12 @@ from pathlib import Path
 
 from _results import header, write
 
+from jaxrl_impala.cpus import pin_process, split_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
+LAYOUT_ENV = "JAXRL_IMPALA_BENCH_LEARNER_LAYOUT"  # learner_ceiling -> its worker
+_SPLIT = None  # the learner worker's (learner CPUs, actor CPUs), taken before it pins itself
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -128,6 +133,8 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
     state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
     update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
     state = jax.device_put(state, replicated)
+    if os.environ.get(LAYOUT_ENV) == "split" and _SPLIT:  # as the trainer: free this thread
+        os.sched_setaffinity(0, _SPLIT[0] + _SPLIT[1])
     trainer = Trainer(config, Path(tempfile.gettempdir()), resume=False)
     example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
     rng = np.random.default_rng(0)
@@ -158,17 +165,13 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
 
 
 def learner_ceiling(overrides: list[str], seconds: float) -> dict:
-    """The update alone, free to use every CPU and on one CPU: ``{"all_cpus", "one_cpu",
-    "sps"}``, ``sps`` the better of the two (XLA's threads help a large update and slow a
-    small one)."""
-    from jaxrl_impala.cpus import ACTOR_CPU_ENV
-
+    """The update alone, in two layouts: free to use every CPU, and laid out as a training
+    run lays out its learner (``train.pin_cpus``: XLA's threads on the learner's CPUs, the
+    thread that runs the update free). ``{"all_cpus", "split", "sps"}``, ``sps`` the better
+    of the two (XLA's threads help a large update and slow a small one)."""
     out = {}
-    for layout in ("all_cpus", "one_cpu"):
-        env = dict(os.environ)
-        env.pop(ACTOR_CPU_ENV, None)
-        if layout == "one_cpu":
-            env[ACTOR_CPU_ENV] = str(min(os.sched_getaffinity(0)))
+    for layout in ("all_cpus", "split"):
+        env = dict(os.environ, **{LAYOUT_ENV: layout})
         run = subprocess.run(
             [sys.executable, __file__, "--_learner-worker", json.dumps(overrides), str(seconds)],
             capture_output=True, text=True, cwd=ROOT, env=env,
@@ -328,9 +331,9 @@ if __name__ == "__main__":
         pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
         _env_worker(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_learner-worker":
-        from jaxrl_impala.cpus import pin_actor_from_env
-
-        pin_actor_from_env()  # the one-CPU layout (set by learner_ceiling)
+        _SPLIT = split_cpus()
+        if os.environ.get(LAYOUT_ENV) == "split" and _SPLIT:
+            pin_process(_SPLIT[0])  # before JAX starts its threads, as the trainer does
         _learner_worker(json.loads(sys.argv[2]), float(sys.argv[3]))
     else:
         main()
