@@ -534,9 +534,9 @@ class Trainer:
         version = int(host_state.step)
         state = jax.device_put(host_state, replicated)
         if split is not None:
-            # XLA's threads (which run the update) now exist and stay on the learner CPUs; this
-            # thread, and the threads it starts from here on (publisher, compiler, evaluation),
-            # may use every CPU: their Python work fits in the actors' idle time.
+            # XLA's pool threads now exist and stay on the learner CPUs. This thread (on CPU
+            # it runs the update itself) and the threads it starts from here on (publisher,
+            # compiler, evaluation) may use every CPU, including the actors' idle time.
             os.sched_setaffinity(0, split[0] + split[1])
 
         # Frame layout from a zero unroll: the spec every received frame must match.
