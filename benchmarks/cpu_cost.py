@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     os.chdir(ROOT)
-    if not args.all_cpus and hasattr(os, "sched_setaffinity"):  # before JAX starts threads
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if not args.all_cpus and hasattr(os, "sched_getaffinity"):
+        from jaxrl_impala.cpus import pin_process
+
+        pin_process({min(os.sched_getaffinity(0))})  # before JAX starts its threads
     out = measure(args.config, args.set)
     print(f"{'part':10s} {'env steps/s':>12} {'cores busy':>11} {'CPU us/step':>12}")
     for part in ("env_only", "actor", "learner"):

@@ -40,12 +40,11 @@ from pathlib import Path
 
 from _results import header, write
 
-from jaxrl_impala.cpus import pin_process, split_cpus
+from jaxrl_impala.cpus import ACTOR_CPU_ENV, pin_actor_from_env, pin_process, split_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
 LAYOUT_ENV = "JAXRL_IMPALA_BENCH_LEARNER_LAYOUT"  # learner_ceiling -> its worker
-_SPLIT = None  # the learner worker's (learner CPUs, actor CPUs), taken before it pins itself
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -53,6 +52,7 @@ def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
     """One actor-like process: steps DrivingVectorEnv with random actions, as the actor steps
     it (one jitted ``lax.scan`` per unroll of ``rollout.length`` steps, the observations
     copied to the host), but with no policy; prints steps/s."""
+    pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
     import jax
 
     from jaxrl_impala.actor import make_vector_env
@@ -93,8 +93,6 @@ def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
 def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
     """Env steps/s of ``actors`` processes together, each on a CPU of its own (round robin
     over every CPU: their best layout alone)."""
-    from jaxrl_impala.cpus import ACTOR_CPU_ENV
-
     cpus = sorted(os.sched_getaffinity(0))
     procs = [
         subprocess.Popen(
@@ -109,6 +107,9 @@ def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
 
 def _learner_worker(overrides: list[str], seconds: float) -> None:
     """The trainer's update on random batches of the run's shape; prints env steps/s."""
+    split = split_cpus() if os.environ.get(LAYOUT_ENV) == "split" else None
+    if split:
+        pin_process(split[0])  # before JAX starts its threads, as the trainer does
     import jax
     import numpy as np
 
@@ -133,8 +134,8 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
     state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
     update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
     state = jax.device_put(state, replicated)
-    if os.environ.get(LAYOUT_ENV) == "split" and _SPLIT:  # as the trainer: free this thread
-        os.sched_setaffinity(0, _SPLIT[0] + _SPLIT[1])
+    if split:  # then, as the trainer does, free the thread that runs the update
+        os.sched_setaffinity(0, split[0] + split[1])
     trainer = Trainer(config, Path(tempfile.gettempdir()), resume=False)
     example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
     rng = np.random.default_rng(0)
@@ -326,14 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_env-worker":
-        from jaxrl_impala.cpus import pin_actor_from_env
-
-        pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
         _env_worker(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_learner-worker":
-        _SPLIT = split_cpus()
-        if os.environ.get(LAYOUT_ENV) == "split" and _SPLIT:
-            pin_process(_SPLIT[0])  # before JAX starts its threads, as the trainer does
         _learner_worker(json.loads(sys.argv[2]), float(sys.argv[3]))
     else:
         main()

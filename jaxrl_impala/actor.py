@@ -293,23 +293,18 @@ class Rollout:
             self.policy.net.init, jax.random.PRNGKey(0), sample_obs(obs_space)
         )
         self.stats_template = jax.eval_shape(lambda: init_obs_stats(obs_space))
-        self._step = jax.jit(policy_step_fn(self.policy))
-        self._value = jax.jit(value_fn(self.policy))
         self.key = jax.random.PRNGKey(config.train.seed * 7919 + 104729 * (actor_id + 1))
         seed = config.train.seed * 100_003 + actor_id * self.B
         if incarnation:
             self.key = jax.random.fold_in(self.key, incarnation % 2**31)
             seed = restart_seed(config.train.seed, actor_id, incarnation)
-        self.obs, _ = self.env.reset(seed=seed)
+        obs, _ = self.env.reset(seed=seed)
         self.action_space.seed(seed)
-        self.ep_return = np.zeros(self.B, np.float64)
-        self.ep_length = np.zeros(self.B, np.int64)
-        self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
         self.unroll_index = 0
         if fused is None:
             fused = hasattr(self.env, "pure_step")
         self._fused = None
-        if fused:
+        if fused:  # the env state, observation and episode sums live in the scan's carry
             import jax.numpy as jnp
 
             self._fused = jax.jit(
@@ -317,11 +312,18 @@ class Rollout:
             )
             self._carry = (
                 self.env.packed_state,
-                jax.tree.map(jnp.asarray, self.obs),
+                jax.tree.map(jnp.asarray, obs),
                 jnp.zeros(self.B, jnp.float32),
                 jnp.zeros(self.B, jnp.int32),
                 jnp.zeros((self.B, len(self.term_names)), jnp.float32),
             )
+        else:
+            self._step = jax.jit(policy_step_fn(self.policy))
+            self._value = jax.jit(value_fn(self.policy))
+            self.obs = obs
+            self.ep_return = np.zeros(self.B, np.float64)
+            self.ep_length = np.zeros(self.B, np.int64)
+            self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
 
     def set_params(self, arrays: dict[str, np.ndarray]) -> None:
         # on the device once per version, not converted again by every jitted call
@@ -351,7 +353,6 @@ class Rollout:
         self.key, self._carry, out = self._fused(self.params, self.stats, self._carry, self.key)
         self.env.packed_state = self._carry[0]  # the env object stays in step with the unroll
         out, last_obs = jax.device_get((out, self._carry[1]))
-        self.obs = last_obs
         obs = jax.tree.map(lambda rows, last: np.concatenate([rows, last[None]]), out.pop("obs"),
                            last_obs)  # fmt: skip
         if not self.term_names:

@@ -186,8 +186,7 @@ class TrainConfig:
       threads: on 2 cores the DrivingEnv preset ran 91k env steps/s split, 70k with the
       actors on separate CPUs and the learner free. The learner's main thread (which runs
       the update on CPU) may use every CPU once XLA's threads exist. Off with fewer than
-      2 CPUs and with
-      several learner processes (``distributed.num_processes > 1``).
+      2 CPUs and with several learner processes (``distributed.num_processes > 1``).
     """
 
     total_env_steps: int = 1_000_000
