@@ -58,10 +58,11 @@ def measure(config_path: str, overrides: list[str]) -> dict:
     import numpy as np
 
     from jaxrl_impala.actor import Rollout, env_spaces, flatten_params
+    from jaxrl_impala.batches import concat_unrolls, to_batch
     from jaxrl_impala.config import load_config
     from jaxrl_impala.learner import init_train_state, make_mesh, make_optimizer, make_update
     from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train import Trainer, concat_unrolls, to_batch
+    from jaxrl_impala.train import Trainer
 
     config = load_config(config_path, ["train.compile_cache=", *overrides])
     T, B, k = config.rollout.length, config.env.num_envs, config.learner.batch_unrolls

@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from jaxrl_impala.batches import InlineBatches, Prefetcher, concat_unrolls, to_batch
 from jaxrl_impala.config import (
     Config,
     ConfigError,
@@ -599,6 +600,15 @@ class Trainer:
         old_handlers = {
             s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
         }
+        # One process, not deterministic: each batch is gathered on a thread while the update
+        # before it runs. Deterministic runs gather in order on this thread; with several
+        # processes JAX work stays on this thread (see the evaluation in _loop).
+        batch_args = (queue, k, cfg_l.max_policy_lag, put_batch, tuple(term_names))
+        deterministic = config.train.deterministic
+        if deterministic or num_processes > 1:
+            batches = InlineBatches(*batch_args, ordered=deterministic)
+        else:
+            batches = Prefetcher(*batch_args)
         exit_code = 0
         try:
             if lead:
@@ -610,7 +620,7 @@ class Trainer:
                 state,
                 key,
                 update,
-                put_batch,
+                batches,
                 replicated,
                 queue,
                 publisher,
@@ -625,12 +635,12 @@ class Trainer:
                 episodes_total,
                 counters,
                 steps_per_update,
-                sizes["local_batch_unrolls"],
             )
         finally:
             signal.signal(signal.SIGINT, old_handlers[signal.SIGINT])
             signal.signal(signal.SIGTERM, old_handlers[signal.SIGTERM])
             try:
+                batches.close()
                 if publisher is not None:
                     publisher.close()
             finally:
@@ -683,7 +693,7 @@ class Trainer:
         state,
         key,
         update,
-        put_batch,
+        batches,
         replicated,
         queue,
         publisher,
@@ -698,9 +708,9 @@ class Trainer:
         episodes_total,
         counters,
         steps_per_update,
-        k,
     ) -> int:
         import jax
+        import jax.numpy as jnp
 
         from jaxrl_impala import distributed
 
@@ -713,9 +723,10 @@ class Trainer:
         wall0 = START_TIME - wall_offset  # wall_time_s counts from the command's start
         last_log = time.monotonic()
         det = cfg_t.deterministic
-        # Unrolls dropped for policy lag here, plus what the queue dropped (the queue's own
-        # counter restarts with the process; a resumed run starts from the saved count).
-        lag_dropped, dropped_before = 0, counters["unrolls_dropped"]
+        # Unrolls dropped for policy lag (batches.dropped), plus what the queue dropped (the
+        # queue's own counter restarts with the process; a resumed run starts from the saved
+        # count).
+        dropped_before = counters["unrolls_dropped"]
         rejected_before, restarts_before = counters["frames_rejected"], counters["actor_restarts"]
         recent_returns: deque = deque(maxlen=100)
         term_sums: dict[str, float] = {}
@@ -728,7 +739,7 @@ class Trainer:
             else math.inf
         )
         sps_window: deque = deque(maxlen=20)
-        learner_time = 0.0
+        waited = 0.0  # time spent waiting for the next batch, since the last log line
         last_eval = None
         progress = _Progress(total, env_steps, quiet=not lead)
         metrics_acc: dict[str, list[float]] = {}
@@ -799,64 +810,26 @@ class Trainer:
                 future, eval_future = eval_future, None
                 eval_done(future.result())
 
-        while True:
-            # Every process must run the same updates (collectives): stop only together.
-            want_stop = env_steps >= total or self.stop_requested or stop_at_target
-            if distributed.agree_stop(want_stop):
-                break
-            # --- gather k unrolls (this process's share); with several processes a stop
-            # request waits for the next agreement: the others are already in this update.
-            frames = []
-            while len(frames) < k and (multi or not self.stop_requested):
-                counters["actor_restarts"] = restarts_before + actors.restarts
-                actors.check()
-                frame = queue.get(timeout=0.05)
-                if frame is None:
-                    continue
-                lag = version - int(frame.meta["policy_version"])
-                if cfg_l.max_policy_lag and lag > cfg_l.max_policy_lag:
-                    lag_dropped += 1
-                    continue
-                arrays = {name: np.array(v) for name, v in frame.arrays.items()}
-                frames.append(
-                    (int(frame.meta["actor_id"]), int(frame.meta["unroll_index"]), arrays)
-                )
-                lags.append(lag)
-            if len(frames) < k:
-                break
-            if det:
-                frames.sort(key=lambda f: (f[0], f[1]))
-            cat = concat_unrolls([f[2] for f in frames])
-            batch = to_batch(cat)
-            done = ~np.isnan(cat["episode_return"])
-            for r in cat["episode_return"][done]:
-                recent_returns.append(float(r))
-            episodes_total += int(done.sum())
-            if "episode_terms" in cat and done.any():
-                for j, name in enumerate(self.term_names):
-                    term_sums[name] = float(cat["episode_terms"][..., j][done].mean())
-            # --- update
-            t_upd = time.monotonic()
-            key, sub = jax.random.split(key)
-            sub = jax.device_put(np.asarray(sub), replicated)
-            state, metrics = update(state, put_batch(batch), sub)
-            version += 1
-            env_steps += steps_per_update
-            publish = lead and (version % cfg_l.publish_every == 0 or det)
-            if publish:
-                # Start the device-to-host copy now, so it runs as soon as the update ends.
-                distributed.start_host_copy((state.params, state.obs_stats))
+        # With one process and not deterministic, update v+1 is dispatched before update v's
+        # results are read: XLA goes from one update straight to the next while this thread
+        # reads v's metrics, publishes v's params and takes the next batch. (Deterministic
+        # runs cannot: their actors wait for v's params to act the unrolls of update v+1.)
+        ahead = not det and not multi
+        snapshot = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+        in_flight = None
+
+        def finish(done_version: int, metrics: Any, params: Any) -> None:
+            """Reads an update's metrics and hands its params (if any) to the publisher."""
+            nonlocal nonfinite_in_row
             metrics = distributed.to_host(metrics)
-            if publish:
-                # The copy is (nearly) done; encoding and writing run on the publisher's
-                # thread, overlapped with the next gather and update.
-                publisher.submit(version, distributed.to_host((state.params, state.obs_stats)))
-            learner_time += time.monotonic() - t_upd
+            if params is not None:
+                # Encoding and writing run on the publisher's thread.
+                publisher.submit(done_version, distributed.to_host(params))
             if metrics.pop("nonfinite"):
                 # The update kept the previous state; its metrics are NaN, so leave them out.
                 counters["updates_skipped_nonfinite"] += 1
                 nonfinite_in_row += 1
-                progress.note(f"update {version}: non-finite loss or gradient, skipped")
+                progress.note(f"update {done_version}: non-finite loss or gradient, skipped")
                 if nonfinite_in_row >= cfg_t.max_nonfinite_in_row:
                     raise TrainError(
                         f"{nonfinite_in_row} updates in a row had a non-finite loss or gradient "
@@ -867,6 +840,47 @@ class Trainer:
                 nonfinite_in_row = 0
                 for name, v in metrics.items():
                     metrics_acc.setdefault(name, []).append(float(v))
+
+        def keep_going() -> bool:
+            counters["actor_restarts"] = restarts_before + actors.restarts
+            actors.check()
+            return multi or not self.stop_requested
+
+        while True:
+            # Every process must run the same updates (collectives): stop only together.
+            want_stop = env_steps >= total or self.stop_requested or stop_at_target
+            if distributed.agree_stop(want_stop):
+                break
+            # --- gather k unrolls (this process's share); with several processes a stop
+            # request waits for the next agreement: the others are already in this update.
+            t_wait = time.monotonic()
+            staged = batches.next(version, keep_going)
+            waited += time.monotonic() - t_wait
+            if staged is None:
+                break
+            lags.extend(version - v for v in staged.policy_versions)
+            recent_returns.extend(staged.episode_returns.tolist())
+            episodes_total += len(staged.episode_returns)
+            term_sums.update(staged.episode_terms)
+            # --- update
+            key, sub = jax.random.split(key)
+            sub = jax.device_put(np.asarray(sub), replicated)
+            state, metrics = update(state, staged.batch, sub)
+            version += 1
+            env_steps += steps_per_update
+            params = None
+            if lead and (version % cfg_l.publish_every == 0 or det):
+                params = (state.params, state.obs_stats)
+                if ahead:  # the next update takes over the state's buffers: keep a copy
+                    params = snapshot(params)
+                # Start the device-to-host copy now, so it runs as soon as the update ends.
+                distributed.start_host_copy(params)
+            if in_flight is not None:
+                finish(*in_flight)  # the update before this one: done, or nearly
+            in_flight = (version, metrics, params)
+            if not ahead:
+                finish(*in_flight)
+                in_flight = None
             sps_window.append((time.monotonic(), env_steps))
             progress.update(env_steps)
 
@@ -877,7 +891,7 @@ class Trainer:
                 stats = queue.stats if hasattr(queue, "stats") else {}
                 counters["frames_rejected"] = rejected_before + int(stats.get("frames_rejected", 0))
                 counters["unrolls_dropped"] = (
-                    dropped_before + lag_dropped + int(stats.get("unrolls_dropped", 0))
+                    dropped_before + batches.dropped + int(stats.get("unrolls_dropped", 0))
                 )
                 t_first, s_first = sps_window[0]
                 sps = (
@@ -895,7 +909,7 @@ class Trainer:
                     "episode_return_mean": float(np.mean(recent_returns))
                     if recent_returns
                     else None,
-                    "learner_busy_fraction": learner_time / max(now - last_log, 1e-9),
+                    "learner_busy_fraction": 1.0 - waited / max(now - last_log, 1e-9),
                     **{n: float(np.mean(v)) for n, v in metrics_acc.items()},
                     **{f"episode_{n}": v for n, v in term_sums.items()},
                     **{c: v for c, v in counters.items() if v},
@@ -906,7 +920,7 @@ class Trainer:
                 progress.show(record, last_eval)
                 metrics_acc.clear()
                 lags.clear()
-                learner_time = 0.0
+                waited = 0.0
                 last_log = now
             if lead:
                 poll_eval()
@@ -924,6 +938,9 @@ class Trainer:
                 save()
 
         # --- the end: final eval (if the last one is stale), checkpoint, counters
+        batches.close()  # (takes no more unrolls off the queue)
+        if in_flight is not None:
+            finish(*in_flight)
         if lead:
             poll_eval(wait=True)
         eval_pool.shutdown()
@@ -945,7 +962,7 @@ class Trainer:
         stats = queue.stats if hasattr(queue, "stats") else {}
         counters["frames_rejected"] = rejected_before + int(stats.get("frames_rejected", 0))
         counters["unrolls_dropped"] = (
-            dropped_before + lag_dropped + int(stats.get("unrolls_dropped", 0))
+            dropped_before + batches.dropped + int(stats.get("unrolls_dropped", 0))
         )
         counters["actor_restarts"] = restarts_before + actors.restarts
         save(final=True)
@@ -978,21 +995,6 @@ def use_compile_cache(path: str) -> None:
         print(f"compile cache off: {cache}: {e.strerror}", file=sys.stderr)
         return
     jax.config.update("jax_compilation_cache_dir", str(cache))
-
-
-def concat_unrolls(unrolls: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Unrolls' frame arrays (``[T(+1), B, ...]`` each) side by side: ``[T(+1), N, ...]``."""
-    return {n: np.concatenate([u[n] for u in unrolls], axis=1) for n in unrolls[0]}
-
-
-def to_batch(cat: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Concatenated frame arrays -> the update's batch (``obs`` a pytree for dict obs)."""
-    from jaxrl_impala.actor import obs_from_fields
-    from jaxrl_impala.learner import BATCH_KEYS
-
-    batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
-    batch["obs"] = obs_from_fields(cat)
-    return batch
 
 
 class _CompiledAhead:

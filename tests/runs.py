@@ -38,7 +38,16 @@ def run_train(*args: str, timeout: float = 180, env=None) -> subprocess.Complete
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The lines of a run's metrics.jsonl; while the run writes, its last line may be cut."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return out
 
 
 def actor_pids(proc: psutil.Process) -> list[int]:

@@ -148,7 +148,8 @@ def test_sigterm_then_resume_continues_from_saved_steps(tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            if (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 3:
+            lines = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+            if len(lines) >= 3 and lines[-1].get("updates", 0) >= 40:
                 break
             time.sleep(0.2)
         children = actor_pids(parent)
@@ -162,6 +163,11 @@ def test_sigterm_then_resume_continues_from_saved_steps(tmp_path):
     assert not any(
         psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
     ), "actors outlived the learner"
+    # The actors act with the params the learner publishes (one update runs ahead of the
+    # publishing): the lag stays within the queue (2 actors x 4 slots, 2 unrolls per update)
+    # and the batch and update ahead, far below the 40+ updates that ran.
+    lags = [r["policy_lag_max"] for r in read_metrics(run_dir)[1:] if "policy_lag_max" in r]
+    assert lags and max(lags) <= 12, lags
     saved = read_metrics(run_dir)[-1]["env_steps"]
     assert 0 < saved < 1_000_000
     out = run_train("--resume", str(run_dir), "--set", f"train.total_env_steps={saved + 2048}")

@@ -1,0 +1,213 @@
+"""From the trajectory queue to the update's batch: take unrolls off the queue, drop stale
+ones, concatenate them, and (on a thread, while the update runs) stage the next batch.
+
+The learner's host work per update (copying k frames out of the queue, concatenating
+them, the host-to-device copy, the episode statistics) is a few percent of an update on
+a small CPU machine; :class:`Prefetcher` does it for update v+1 while update v runs, so the
+learner's thread goes from one update straight to the next.
+"""
+
+from __future__ import annotations
+
+import queue as queue_lib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Taken:
+    """One unroll taken off the queue: who acted it, with which params, and its arrays
+    (private copies, ``[T(+1), B, ...]`` each)."""
+
+    actor_id: int
+    unroll_index: int
+    policy_version: int
+    arrays: dict[str, np.ndarray]
+
+
+def take_unrolls(
+    queue: Any,
+    k: int,
+    version: Callable[[], int],
+    max_policy_lag: int,
+    keep_going: Callable[[], bool],
+) -> tuple[list[Taken], int]:
+    """Up to ``k`` unrolls off ``queue``; fewer only once ``keep_going()`` turns False
+    (it is asked before every wait of at most 50 ms). An unroll acted with params more than
+    ``max_policy_lag`` versions older than ``version()`` is dropped (0: keep all).
+    Returns (unrolls, how many were dropped)."""
+    taken: list[Taken] = []
+    dropped = 0
+    while len(taken) < k and keep_going():
+        frame = queue.get(timeout=0.05)
+        if frame is None:
+            continue
+        policy_version = int(frame.meta["policy_version"])
+        if max_policy_lag and version() - policy_version > max_policy_lag:
+            dropped += 1
+            continue
+        # The frame's arrays are views into the queue's slot, valid until the next get.
+        arrays = {name: np.array(v) for name, v in frame.arrays.items()}
+        meta = frame.meta
+        taken.append(
+            Taken(int(meta["actor_id"]), int(meta["unroll_index"]), policy_version, arrays)
+        )
+    return taken, dropped
+
+
+def concat_unrolls(unrolls: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Unrolls' frame arrays (``[T(+1), B, ...]`` each) side by side: ``[T(+1), N, ...]``."""
+    return {n: np.concatenate([u[n] for u in unrolls], axis=1) for n in unrolls[0]}
+
+
+def to_batch(cat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Concatenated frame arrays -> the update's batch (``obs`` a pytree for dict obs)."""
+    from jaxrl_impala.actor import obs_from_fields
+    from jaxrl_impala.learner import BATCH_KEYS
+
+    batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
+    batch["obs"] = obs_from_fields(cat)
+    return batch
+
+
+@dataclass
+class Staged:
+    """A batch ready for the update, and what the learner logs about its unrolls.
+
+    Attributes:
+      batch: the update's batch, already on the device(s) (``put_batch``).
+      policy_versions: each unroll's acting params version (for the policy lag).
+      episode_returns: returns of the episodes that ended in these unrolls.
+      episode_terms: per reward term, its mean over those episodes (empty if none ended).
+    """
+
+    batch: Any
+    policy_versions: list[int]
+    episode_returns: np.ndarray
+    episode_terms: dict[str, float] = field(default_factory=dict)
+
+
+def stage(taken: list[Taken], put_batch: Callable, term_names: tuple[str, ...]) -> Staged:
+    """Concatenates the unrolls and puts the batch on the device(s)."""
+    cat = concat_unrolls([t.arrays for t in taken])
+    done = ~np.isnan(cat["episode_return"])
+    terms = {}
+    if "episode_terms" in cat and done.any():
+        ends = cat["episode_terms"][done]  # [episodes, K]
+        terms = {n: float(ends[:, j].mean()) for j, n in enumerate(term_names)}
+    return Staged(
+        batch=put_batch(to_batch(cat)),
+        policy_versions=[t.policy_version for t in taken],
+        episode_returns=cat["episode_return"][done].astype(np.float64),
+        episode_terms=terms,
+    )
+
+
+class InlineBatches:
+    """The learner's batches, taken and staged on the learner's thread when it asks.
+
+    ``ordered``: sort each batch's unrolls by (actor, unroll index), so that a deterministic
+    run sees the same batch whatever order the actors delivered in.
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        k: int,
+        max_policy_lag: int,
+        put_batch: Callable,
+        term_names: tuple[str, ...],
+        ordered: bool = False,
+    ):
+        self.queue, self.k, self.max_policy_lag = queue, k, max_policy_lag
+        self.put_batch, self.term_names, self.ordered = put_batch, term_names, ordered
+        self.dropped = 0  # unrolls dropped for policy lag
+
+    def next(self, version: int, keep_going: Callable[[], bool]) -> Staged | None:
+        """The batch for the update after ``version``; None once ``keep_going()`` turns
+        False first (it is asked at least every 50 ms)."""
+        taken, dropped = take_unrolls(
+            self.queue, self.k, lambda: version, self.max_policy_lag, keep_going
+        )
+        self.dropped += dropped
+        if len(taken) < self.k:
+            return None
+        if self.ordered:
+            taken.sort(key=lambda t: (t.actor_id, t.unroll_index))
+        return stage(taken, self.put_batch, self.term_names)
+
+    def close(self) -> None:
+        pass
+
+
+class Prefetcher:
+    """The learner's batches, each taken and staged on a thread while the update before it
+    runs.
+
+    ``next`` hands over the staged batch and asks the thread for the following one at
+    once. No more than one batch waits, so prefetching adds at most one version to the
+    policy lag; the ``max_policy_lag`` check uses the version of the latest ``next`` call.
+    An error on the thread is raised by ``next``; ``close`` stops and joins the thread
+    (call it before closing the queue).
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        k: int,
+        max_policy_lag: int,
+        put_batch: Callable,
+        term_names: tuple[str, ...],
+    ):
+        self._args = (queue, k, max_policy_lag, put_batch, term_names)
+        self.dropped = 0  # unrolls dropped for policy lag
+        self._version = 0
+        self._stop = threading.Event()
+        self._wanted = threading.Semaphore(0)  # the first ``next`` asks for the first batch
+        self._ready: queue_lib.Queue[Staged] = queue_lib.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._started = False
+        self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
+
+    def _run(self) -> None:
+        queue, k, max_lag, put_batch, term_names = self._args
+        going = lambda: not self._stop.is_set()  # noqa: E731
+        try:
+            while going():
+                if not self._wanted.acquire(timeout=0.05):
+                    continue
+                taken, dropped = take_unrolls(queue, k, lambda: self._version, max_lag, going)
+                self.dropped += dropped
+                if len(taken) < k:
+                    return
+                self._ready.put(stage(taken, put_batch, term_names))
+        except BaseException as e:  # noqa: BLE001 - handed to the learner thread
+            self._error = e
+
+    def next(self, version: int, keep_going: Callable[[], bool]) -> Staged | None:
+        """As :meth:`InlineBatches.next`; the batch after this one is then gathered while
+        the caller runs its update."""
+        self._version = version
+        if not self._started:
+            self._started = True
+            self._wanted.release()
+            self._thread.start()
+        while keep_going():
+            try:
+                staged = self._ready.get(timeout=0.05)
+            except queue_lib.Empty:
+                if self._error is not None:
+                    raise self._error from None
+                continue
+            self._wanted.release()
+            return staged
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._started:
+            self._thread.join(timeout=30)
