@@ -274,8 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
         "any later run); --quick: cold",
     )
     p.add_argument("--json", default="benchmarks/results/time_to_solve.json")
-    p.add_argument("--png", default="benchmarks/results/time_to_solve.png")
+    p.add_argument("--png", help="the plot (default: the JSON's path with .png)")
     args = p.parse_args(argv)
+    args.png = args.png or str(Path(args.json).with_suffix(".png"))
     if args.quick:
         args.seeds, args.driving_systems, args.max_minutes = args.seeds[:1], [], 1.5
         args.compile_cache = "cold"
