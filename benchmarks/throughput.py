@@ -142,7 +142,7 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
     state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
     update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
     state = jax.device_put(state, replicated)
-    if split:  # then, as the trainer does, free the thread that runs the update
+    if split:  # then, as the trainer does, free the thread that dispatches the updates
         os.sched_setaffinity(0, split[0] + split[1])
     trainer = Trainer(config, Path(tempfile.gettempdir()), resume=False)
     example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
@@ -180,7 +180,7 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
 def learner_ceiling(overrides: list[str], seconds: float) -> dict:
     """The update alone, in two layouts: free to use every CPU, and laid out as a training
     run lays out its learner (``train.pin_cpus``: XLA's threads on the learner's CPUs, the
-    thread that runs the update free). ``{"all_cpus", "split", "sps"}``, ``sps`` the better
+    thread that dispatches the updates free). ``{"all_cpus", "split", "sps"}``, ``sps`` the better
     of the two (XLA's threads help a large update and slow a small one)."""
     out = {}
     for layout in ("all_cpus", "split"):

@@ -184,9 +184,10 @@ class TrainConfig:
       (``i`` mod its size). XLA gives every process a thread pool as wide as the machine, and
       the small ops of an actor and of the learner then wait on each other's preempted
       threads: on 2 cores the DrivingEnv preset ran 91k env steps/s split, 70k with the
-      actors on separate CPUs and the learner free. The learner's main thread (which runs
-      the update on CPU) may use every CPU once XLA's threads exist. Off with fewer than
-      2 CPUs and with several learner processes (``distributed.num_processes > 1``).
+      actors on separate CPUs and the learner free. XLA's threads run the update on the
+      learner's CPUs; the learner's own threads (dispatch, batch prefetch, publishing,
+      evaluation) may use every CPU. Off with fewer than 2 CPUs and with several learner
+      processes (``distributed.num_processes > 1``).
     """
 
     total_env_steps: int = 1_000_000

@@ -535,9 +535,10 @@ class Trainer:
         version = int(host_state.step)
         state = jax.device_put(host_state, replicated)
         if split is not None:
-            # XLA's pool threads now exist and stay on the learner CPUs. This thread (on CPU
-            # it runs the update itself) and the threads it starts from here on (publisher,
-            # compiler, evaluation) may use every CPU, including the actors' idle time.
+            # XLA's pool threads, which run the update, now exist and stay on the learner
+            # CPUs. This thread (it dispatches the updates) and the threads it starts from
+            # here on (compiler, batch prefetch, publisher, evaluation) may use every CPU,
+            # including the actors' idle time.
             os.sched_setaffinity(0, split[0] + split[1])
 
         # Frame layout from a zero unroll: the spec every received frame must match.
