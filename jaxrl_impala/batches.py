@@ -163,28 +163,29 @@ class Prefetcher:
         put_batch: Callable,
         term_names: tuple[str, ...],
     ):
-        self._args = (queue, k, max_policy_lag, put_batch, term_names)
-        self.dropped = 0  # unrolls dropped for policy lag
+        self._inline = InlineBatches(queue, k, max_policy_lag, put_batch, term_names)
         self._version = 0
         self._stop = threading.Event()
         self._wanted = threading.Semaphore(0)  # the first ``next`` asks for the first batch
         self._ready: queue_lib.Queue[Staged] = queue_lib.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._started = False
         self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
 
+    @property
+    def dropped(self) -> int:
+        """Unrolls dropped for policy lag."""
+        return self._inline.dropped
+
     def _run(self) -> None:
-        queue, k, max_lag, put_batch, term_names = self._args
         going = lambda: not self._stop.is_set()  # noqa: E731
         try:
             while going():
                 if not self._wanted.acquire(timeout=0.05):
                     continue
-                taken, dropped = take_unrolls(queue, k, lambda: self._version, max_lag, going)
-                self.dropped += dropped
-                if len(taken) < k:
+                staged = self._inline.next(self._version, going)
+                if staged is None:
                     return
-                self._ready.put(stage(taken, put_batch, term_names))
+                self._ready.put(staged)
         except BaseException as e:  # noqa: BLE001 - handed to the learner thread
             self._error = e
 
@@ -192,8 +193,7 @@ class Prefetcher:
         """As :meth:`InlineBatches.next`; the batch after this one is then gathered while
         the caller runs its update."""
         self._version = version
-        if not self._started:
-            self._started = True
+        if self._thread.ident is None:  # the first call starts the thread
             self._wanted.release()
             self._thread.start()
         while keep_going():
@@ -209,5 +209,5 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        if self._started:
+        if self._thread.ident is not None:
             self._thread.join(timeout=30)
