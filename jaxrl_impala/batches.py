@@ -211,3 +211,23 @@ class Prefetcher:
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(timeout=30)
+
+
+def batch_source(
+    queue: Any,
+    k: int,
+    max_policy_lag: int,
+    put_batch: Callable,
+    term_names: tuple[str, ...],
+    *,
+    overlap: bool,
+    deterministic: bool,
+    num_processes: int,
+) -> InlineBatches | Prefetcher:
+    """The learner's batch source: a :class:`Prefetcher` when ``overlap`` is asked for and
+    allowed (one process, not deterministic), else :class:`InlineBatches` (in actor and
+    unroll order when ``deterministic``)."""
+    args = (queue, k, max_policy_lag, put_batch, term_names)
+    if overlap and not deterministic and num_processes == 1:
+        return Prefetcher(*args)
+    return InlineBatches(*args, ordered=deterministic)

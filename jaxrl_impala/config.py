@@ -110,6 +110,10 @@ class LearnerConfig:
     normalize_advantages: standardise advantages per minibatch.
     publish_every: publish params to the actors every this many updates.
     max_policy_lag: drop unrolls acted with params more than this many versions old (0: keep all).
+    overlap: keep the learner's host work off the update's path (one process, not
+        ``train.deterministic``): the next batch is gathered on a thread while an update runs,
+        and update v+1 is dispatched before update v's metrics are read. Faster, at the cost of
+        about two versions of policy lag; small batches with many epochs may learn faster off.
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
@@ -139,6 +143,7 @@ class LearnerConfig:
     normalize_advantages: bool = True
     publish_every: int = 1
     max_policy_lag: int = 0
+    overlap: bool = True
     obs_norm: bool = True
     reward_scale: float = 1.0
     reward_clip: float | None = None

@@ -29,7 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from jaxrl_impala.batches import InlineBatches, Prefetcher, concat_unrolls, to_batch
+from jaxrl_impala.batches import Prefetcher, batch_source, concat_unrolls, to_batch
 from jaxrl_impala.config import (
     Config,
     ConfigError,
@@ -601,15 +601,19 @@ class Trainer:
         old_handlers = {
             s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
         }
-        # One process, not deterministic: each batch is gathered on a thread while the update
-        # before it runs. Deterministic runs gather in order on this thread; with several
-        # processes JAX work stays on this thread (see the evaluation in _loop).
-        batch_args = (queue, k, cfg_l.max_policy_lag, put_batch, tuple(term_names))
-        deterministic = config.train.deterministic
-        if deterministic or num_processes > 1:
-            batches = InlineBatches(*batch_args, ordered=deterministic)
-        else:
-            batches = Prefetcher(*batch_args)
+        # learner.overlap: each batch is gathered on a thread while the update before it runs
+        # (and _loop keeps one update ahead). Deterministic runs gather in order on this thread;
+        # with several processes JAX work stays on this thread (see the evaluation in _loop).
+        batches = batch_source(
+            queue,
+            k,
+            cfg_l.max_policy_lag,
+            put_batch,
+            tuple(term_names),
+            overlap=cfg_l.overlap,
+            deterministic=config.train.deterministic,
+            num_processes=num_processes,
+        )
         exit_code = 0
         try:
             if lead:
@@ -811,11 +815,11 @@ class Trainer:
                 future, eval_future = eval_future, None
                 eval_done(future.result())
 
-        # With one process and not deterministic, update v+1 is dispatched before update v's
-        # results are read: XLA goes from one update straight to the next while this thread
-        # reads v's metrics, publishes v's params and takes the next batch. (Deterministic
-        # runs cannot: their actors wait for v's params to act the unrolls of update v+1.)
-        ahead = not det and not multi
+        # With learner.overlap (batches from a Prefetcher), update v+1 is dispatched before
+        # update v's results are read: XLA goes from one update straight to the next while this
+        # thread reads v's metrics and publishes v's params. (Deterministic runs cannot: their
+        # actors wait for v's params to act the unrolls of update v+1.)
+        ahead = isinstance(batches, Prefetcher)
         snapshot = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
         in_flight = None
 

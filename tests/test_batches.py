@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxrl_impala.batches import InlineBatches, Prefetcher, stage, take_unrolls
+from jaxrl_impala.batches import InlineBatches, Prefetcher, batch_source, stage, take_unrolls
 from jaxrl_impala.transport.codec import Frame
 
 T, B, K = 3, 2, 2  # unroll length, envs per unroll, reward terms
@@ -183,3 +183,27 @@ def test_prefetcher_returns_none_when_told_to_stop_and_close_joins_its_thread():
     assert prefetch.next(0, a_few_times) is None
     prefetch.close()
     assert not prefetch._thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    "overlap, deterministic, num_processes, kind, ordered",
+    [
+        (True, False, 1, Prefetcher, None),
+        (False, False, 1, InlineBatches, False),  # learner.overlap: false (configs/cartpole.yaml)
+        (True, True, 1, InlineBatches, True),  # deterministic: in order, on the learner thread
+        (True, False, 2, InlineBatches, False),  # several processes: JAX work on one thread
+    ],
+)
+def test_batch_source_prefetches_only_when_overlap_is_asked_and_allowed(
+    overlap, deterministic, num_processes, kind, ordered
+):
+    source = batch_source(
+        FakeQueue([]), 2, 0, lambda b: b, TERMS,
+        overlap=overlap, deterministic=deterministic, num_processes=num_processes,
+    )  # fmt: skip
+    try:
+        assert type(source) is kind
+        if ordered is not None:
+            assert source.ordered is ordered
+    finally:
+        source.close()
