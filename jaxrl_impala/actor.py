@@ -1,12 +1,14 @@
 """Actor process: steps a vector env on the CPU, acts with the latest params, ships unrolls.
 
 Started by the trainer as ``python -m jaxrl_impala.actor --config-json ... --actor-id I
---address JSON`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set
-before JAX is imported), or by hand on any host to join a running learner over Redis:
-``python -m jaxrl_impala.actor --config C --set transport.kind=redis transport.url=URL
---actor-id N`` (the address comes from ``transport.url`` / ``transport.prefix``).
-Everything it receives on its command line is plain text, and everything it sends is a
-codec frame: no pickle crosses the process boundary.
+--address -`` (never forked from a JAX process; ``JAX_PLATFORMS=cpu`` is set before JAX is
+imported). It starts before the learner's transport exists: it builds its envs and
+compiles its policy, then reads the transport's address as one JSON line on stdin. Or by
+hand on any host to join a running learner over Redis: ``python -m jaxrl_impala.actor
+--config C --set transport.kind=redis transport.url=URL --actor-id N`` (the address comes
+from ``transport.url`` / ``transport.prefix``). Everything it receives on its command line
+and stdin is plain text (JSON), and everything it sends is a codec frame: no pickle
+crosses the process boundary.
 
 An Unroll (one ``put``) holds, time-major, for B = ``env.num_envs`` columns:
   obs [T+1, B, ...] (``obs__<key>`` per key for dict observations), actions [T, B, ...],
@@ -27,10 +29,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-# Set by the trainer for the actors it starts: the pid to die with.
-LEARNER_PID_ENV = "JAXRL_IMPALA_LEARNER_PID"
+from jaxrl_impala.cpus import LEARNER_PID_ENV, pin_actor_from_env  # no JAX in there
 
 
 def _die_with_parent() -> None:
@@ -45,10 +47,11 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":  # before JAX is imported anywhere in this process
     os.environ["JAX_PLATFORMS"] = "cpu"
-    from jaxrl_impala.cpus import pin_actor_from_env
-
     pin_actor_from_env()
     if os.environ.get(LEARNER_PID_ENV):
+        # Started by a trainer, which decides when we stop: Ctrl-C in the terminal reaches
+        # the whole process group, and it must not kill us mid-import.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Ask for the parent-death signal first thing (importing JAX takes seconds), then
         # check the learner did not die before we asked: it would never be sent.
         _die_with_parent()
@@ -325,6 +328,22 @@ class Rollout:
             self.ep_length = np.zeros(self.B, np.int64)
             self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
 
+    def warm_up(self) -> None:
+        """Compiles the jitted policy calls now, on zero params, so that the first unroll
+        does not wait for XLA. The outputs are discarded: the rollout's state, keys and env
+        are untouched."""
+        zeros = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
+        params, stats = jax.device_put(
+            jax.tree.map(zeros, (self.params_template, self.stats_template))
+        )
+        if self._fused is not None:
+            jax.block_until_ready(self._fused(params, stats, self._carry, self.key))
+        else:  # called with a numpy row of the unroll's split keys
+            jax.block_until_ready(jax.random.split(self.key, self.T + 1))
+            key = np.asarray(self.key)
+            jax.block_until_ready(self._step(params, stats, self.obs, key))
+            jax.block_until_ready(self._value(params, stats, self.obs))
+
     def set_params(self, arrays: dict[str, np.ndarray]) -> None:
         # on the device once per version, not converted again by every jitted call
         self.params, self.stats = jax.device_put(
@@ -422,11 +441,29 @@ class Rollout:
 
 
 # --------------------------------------------------------------------------- process entry
-def run(config: Config, actor_id: int, address: dict, incarnation: int = 0) -> int:
-    """The actor loop; returns 0 when the learner closes the queue or goes away."""
+def run(
+    config: Config,
+    actor_id: int,
+    address: dict | Callable[[], dict | None],
+    incarnation: int = 0,
+) -> int:
+    """The actor loop; returns 0 when the learner closes the queue or goes away.
+
+    ``address`` may be a function that waits for it (a trainer starts its actors before its
+    transport exists): it is called once the env is built and the policy compiled, so that
+    work overlaps the learner's own start-up. It returns None if the learner went away.
+    """
+    from jaxrl_impala.compile_cache import use_compile_cache
     from jaxrl_impala.transport import connect_actor
 
+    use_compile_cache(config.train.compile_cache)
     learner_pid = int(os.environ.get(LEARNER_PID_ENV) or 0)
+    rollout = Rollout(config, actor_id, incarnation=incarnation)
+    rollout.warm_up()
+    if callable(address):
+        address = address()
+        if address is None:
+            return 0
     queue, store = connect_actor(address, actor_id)
 
     def learner_gone() -> bool:
@@ -440,7 +477,6 @@ def run(config: Config, actor_id: int, address: dict, incarnation: int = 0) -> i
             return queue.closed or orphaned or not queue.owner_alive(stale_after=60.0)
         return queue.closed or orphaned or not queue.owner_alive()
 
-    rollout = Rollout(config, actor_id, incarnation=incarnation)
     deterministic = config.train.deterministic
     per_version = max(1, config.learner.batch_unrolls // config.actors.num)
     version = -1
@@ -468,6 +504,18 @@ def run(config: Config, actor_id: int, address: dict, incarnation: int = 0) -> i
         store.close()
 
 
+def _address_from_stdin() -> dict | None:
+    """The transport address the trainer writes to our stdin; None at end of input (the
+    trainer stopped before it had one)."""
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    address = json.loads(line)
+    if not isinstance(address, dict):
+        raise ValueError(f"the address on stdin is not a JSON object: {line[:200]!r}")
+    return address
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="jaxrl_impala actor process")
     parser.add_argument("--config-json", help="the resolved config as JSON (set by the trainer)")
@@ -483,8 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--address",
-        help="transport address as JSON (set by the trainer); without it (a standalone actor, "
-        "e.g. on another host) the Redis transport.url and transport.prefix of the config",
+        help="transport address as JSON, or '-' to read it as one JSON line from stdin once "
+        "the actor is ready (set by the trainer); without it (a standalone actor, e.g. on "
+        "another host) the Redis transport.url and transport.prefix of the config",
     )
     args = parser.parse_args(argv)
     if args.address is not None:  # started by the trainer: the learner decides when we stop
@@ -504,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"actor {args.actor_id}: config error: {e}", file=sys.stderr)
         return 2
-    if args.address is not None:
+    address: dict | Callable[[], dict | None]
+    if args.address == "-":
+        address = _address_from_stdin
+    elif args.address is not None:
         address = json.loads(args.address)
     else:
         address = redis_address(config.transport.url, config.transport.prefix)

@@ -181,9 +181,10 @@ class TrainConfig:
     stop_at_eval_return: stop early once an evaluation mean return reaches this (``null``: never).
     max_nonfinite_in_row: an update whose loss, gradients or new params are not finite is
       skipped (counted in ``updates_skipped_nonfinite``); this many in a row stop the run.
-    compile_cache: directory of JAX's persistent compilation cache (``~`` expanded): a later
-      run of the same update shapes loads the compiled update instead of compiling it again
-      (seconds of start-up on a small CPU machine). ``""`` turns it off.
+    compile_cache: directory of JAX's persistent compilation cache (``~`` expanded), used by
+      the learner and the actors: a later run of the same shapes loads its compiled update
+      and policy steps instead of compiling them again (seconds of start-up on a small CPU
+      machine). ``""`` turns it off.
     pin_cpus: split the CPUs this process may use between the learner and its actors: the
       learner keeps the first half (rounded up), actor ``i`` runs on one CPU of the other half
       (``i`` mod its size). XLA gives every process a thread pool as wide as the machine, and

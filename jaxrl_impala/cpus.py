@@ -13,6 +13,9 @@ import sys
 
 # Set by the trainer for each actor it starts: the one CPU that actor runs on.
 ACTOR_CPU_ENV = "JAXRL_IMPALA_ACTOR_CPU"
+# Also set by the trainer: its pid, the learner the actor dies with. Here rather than in
+# actor.py so that the trainer can start its actors before it imports JAX.
+LEARNER_PID_ENV = "JAXRL_IMPALA_LEARNER_PID"
 
 
 def split_cpus() -> tuple[list[int], list[int]] | None:

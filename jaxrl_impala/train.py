@@ -225,15 +225,26 @@ class Checkpointer:
         return None
 
 
+def newest_checkpoint_steps(run_dir: Path) -> int:
+    """Env steps of the newest checkpoint in ``run_dir`` (0 if none), from its name."""
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt_*") if p.is_dir())
+    return int(names[-1].removeprefix("ckpt_")) if names else 0
+
+
 # --------------------------------------------------------------------------- actors
 class ActorSupervisor:
-    """Starts actor processes, restarts crashed ones with backoff, detects crash loops."""
+    """Starts actor processes, restarts crashed ones with backoff, detects crash loops.
+
+    The actors may start before the transport exists: each builds its env and compiles its
+    policy, then waits for the address on its stdin (``--address -``), which
+    :meth:`set_address` writes (or ``_start``, once the address is known).
+    """
 
     def __init__(
         self,
         config: Config,
         run_dir: Path,
-        address: dict,
+        address: dict | None = None,
         first_id: int = 0,
         first_incarnation: int = 0,
         actor_cpus: list[int] | None = None,
@@ -253,8 +264,7 @@ class ActorSupervisor:
         self.incarnations = [first_incarnation] * config.actors.num
 
     def _start(self, i: int) -> None:
-        from jaxrl_impala.actor import LEARNER_PID_ENV
-        from jaxrl_impala.cpus import ACTOR_CPU_ENV
+        from jaxrl_impala.cpus import ACTOR_CPU_ENV, LEARNER_PID_ENV
 
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         env[LEARNER_PID_ENV] = str(os.getpid())
@@ -271,18 +281,36 @@ class ActorSupervisor:
             "--actor-id",
             str(self.first_id + i),
             "--address",
-            json.dumps(self.address),
+            "-",
             "--incarnation",
             str(self.incarnations[i]),
         ]
         self.incarnations[i] += 1
         log = open(self.log_dir / f"actor_{self.first_id + i}.log", "ab")
-        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs[i] = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         log.close()
+        if self.address is not None:
+            self._send_address(self.procs[i])
+
+    def _send_address(self, proc: subprocess.Popen) -> None:
+        try:
+            proc.stdin.write(json.dumps(self.address).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died already: check() restarts it
+            pass
 
     def start_all(self) -> None:
         for i in range(len(self.procs)):
             self._start(i)
+
+    def set_address(self, address: dict) -> None:
+        """Hands the transport's address to the running actors (and to later restarts)."""
+        self.address = address
+        for proc in self.procs:
+            if proc is not None and not proc.stdin.closed:
+                self._send_address(proc)
 
     def log_tail(self, i: int, lines: int = 12) -> str:
         try:
@@ -328,6 +356,11 @@ class ActorSupervisor:
         for proc in self.procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
+            if proc is not None and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             if proc is None:
@@ -474,7 +507,31 @@ class Trainer:
                 cpu_list = lambda cpus: ",".join(map(str, cpus))  # noqa: E731
                 print(f"cpus: learner {cpu_list(learner_cpus)}, actors {cpu_list(actor_cpus)}")
 
+        # The actors start now: their imports, env and policy compile (seconds on a small CPU
+        # machine) overlap this process's own, and they wait for the transport's address.
+        # A resumed run's actors draw fresh scenarios, numbered from the newest checkpoint.
+        actors = ActorSupervisor(
+            config,
+            run_dir,
+            first_id=process_id * config.actors.num,
+            first_incarnation=newest_checkpoint_steps(run_dir) if self.resume else 0,
+            actor_cpus=actor_cpus,
+        )
+        actors.start_all()
+        try:
+            return self._run(actors, split, process_id, num_processes)
+        finally:
+            actors.stop()
+
+    def _run(self, actors: ActorSupervisor, split, process_id: int, num_processes: int) -> int:
+        from jaxrl_impala import distributed
+
+        config, run_dir = self.config, self.run_dir
+        lead = process_id == 0
+
         import jax
+
+        from jaxrl_impala.compile_cache import use_compile_cache
 
         use_compile_cache(config.train.compile_cache)
         from jaxrl_impala.actor import env_spaces, flatten_params
@@ -588,14 +645,7 @@ class Trainer:
             queue = distributed.SharedRedisConsumer(cfg_tr.url, cfg_tr.prefix, spec)
             store = None
             address = {**redis_address(cfg_tr.url, cfg_tr.prefix), "max_frame_bytes": slot_bytes}
-        actors = ActorSupervisor(
-            config,
-            run_dir,
-            address,
-            first_id=process_id * config.actors.num,
-            first_incarnation=env_steps,
-            actor_cpus=actor_cpus,
-        )
+        actors.set_address(address)
         log: MetricsLog | _NullLog = _NullLog()
         publisher = _Publisher(store, flatten_params) if lead else None
         old_handlers = {
@@ -618,7 +668,6 @@ class Trainer:
         try:
             if lead:
                 store.publish(version, params_example)
-            actors.start_all()
             # metrics.jsonl appears once the actors run (tests and tools wait on it).
             log = MetricsLog(run_dir) if lead else _NullLog()
             exit_code = self._loop(
@@ -984,22 +1033,6 @@ class Trainer:
             ):
                 print(f"wrote {self.run_dir / 'eval.gif'}")
         return 0
-
-
-def use_compile_cache(path: str) -> None:
-    """Point JAX's persistent compilation cache at ``path`` (``""``: leave it off). An
-    unusable directory only costs the cache, never the run."""
-    if not path:
-        return
-    import jax
-
-    cache = Path(path).expanduser()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"compile cache off: {cache}: {e.strerror}", file=sys.stderr)
-        return
-    jax.config.update("jax_compilation_cache_dir", str(cache))
 
 
 class _CompiledAhead:

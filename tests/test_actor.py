@@ -86,3 +86,52 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode):
     assert ended.min() > 0, f"terminated, truncated: {ended}"
     fused.env.close()
     stepwise.env.close()
+
+
+def _cache_sizes(rollout: Rollout) -> list[int]:
+    if rollout._fused is not None:
+        return [rollout._fused._cache_size()]
+    return [rollout._step._cache_size(), rollout._value._cache_size()]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_warm_up_compiles_what_the_unrolls_call_and_changes_nothing(fused):
+    # Episodes of at most 12 steps and 2 unrolls of 8: truncations happen, so the step by
+    # step path calls its value function too.
+    config = load_config(
+        "configs/driving.yaml",
+        ["env.num_envs=4", "env.max_episode_steps=12", "rollout.length=8", "network.hidden=[8]"],
+    )
+    warm, cold = Rollout(config, 0, fused=fused), Rollout(config, 0, fused=fused)
+    assert _cache_sizes(warm) == [0] * len(_cache_sizes(warm))
+    warm.warm_up()
+    compiled = _cache_sizes(warm)
+    assert compiled == [1] * len(compiled)
+    arrays = _random_params(warm, seed=5)
+    truncated = 0
+    for r in (warm, cold):
+        r.set_params(arrays)
+    for i in range(2):
+        a, _ = warm.unroll(policy_version=i)
+        b, _ = cold.unroll(policy_version=i)
+        truncated += int((b["truncated"] & ~b["terminated"]).sum())
+        for name in b:  # the warm-up left the keys, the env and the carry alone
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert truncated > 0
+    assert _cache_sizes(warm) == compiled, "an unroll compiled again after the warm-up"
+    warm.env.close()
+    cold.env.close()
+
+
+def test_the_address_on_stdin_is_one_json_object_and_end_of_input_means_stop(monkeypatch):
+    import io
+
+    from jaxrl_impala.actor import _address_from_stdin
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"kind": "shm", "name": "x"}\n'))
+    assert _address_from_stdin() == {"kind": "shm", "name": "x"}
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert _address_from_stdin() is None
+    monkeypatch.setattr("sys.stdin", io.StringIO("[1, 2]\n"))
+    with pytest.raises(ValueError, match="not a JSON object"):
+        _address_from_stdin()

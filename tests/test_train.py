@@ -43,6 +43,28 @@ def test_split_cpus_gives_the_learner_the_first_half(monkeypatch, cpus, expected
     assert split_cpus() == expected
 
 
+def test_newest_checkpoint_steps_reads_the_newest_name(tmp_path):
+    from jaxrl_impala.train import newest_checkpoint_steps
+
+    assert newest_checkpoint_steps(tmp_path) == 0
+    for steps in (4096, 123456, 8192):
+        (tmp_path / "checkpoints" / f"ckpt_{steps:012d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".tmp_ckpt_000000999999_1").mkdir()  # a write in progress
+    assert newest_checkpoint_steps(tmp_path) == 123456
+
+
+def test_the_compile_cache_keeps_sub_second_compiles(tmp_path):
+    code = (
+        "import sys, jax\n"
+        "from jaxrl_impala.compile_cache import use_compile_cache\n"
+        "use_compile_cache(sys.argv[1])\n"
+        "jax.jit(lambda x: x * 2.0 + 1.0)(1.0).block_until_ready()\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "xla")], env=env, check=True)
+    assert list((tmp_path / "xla").iterdir()), "nothing was written to the cache"
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     before = shm_segments()
