@@ -40,7 +40,21 @@ from jaxrl_impala.config import (
     to_dict,
 )
 
-START_TIME = time.time()
+
+def process_start_time() -> float:
+    """When this process started (Unix time): ``wall_time_s`` counts from there, so it
+    includes the interpreter's start-up and imports. Linux reads it from ``/proc``; elsewhere
+    it is the time this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, ValueError, IndexError):
+        return time.time()
+    return time.time() - age if 0.0 <= age < 600.0 else time.time()
+
+
+START_TIME = process_start_time()
 
 
 class TrainError(RuntimeError):
