@@ -113,7 +113,8 @@ class LearnerConfig:
     overlap: keep the learner's host work off the update's path (one process, not
         ``train.deterministic``): the next batch is gathered on a thread while an update runs,
         and update v+1 is dispatched before update v's metrics are read. Faster, at the cost of
-        about two versions of policy lag; small batches with many epochs may learn faster off.
+        about two versions of policy lag. (On CartPole the time to 475 on and off differed by
+        less than its spread from seed to seed.)
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
