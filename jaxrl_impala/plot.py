@@ -48,7 +48,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                 ax.plot(xs, ys, style, label=label)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        if ax.lines:  # a run stopped before its first metrics line has nothing to label
+            ax.legend(loc="best")
         ax.set_title(f"{run_dir.name}: {name.replace('_', ' ')}")
         fig.tight_layout()
         path = out_dir / f"{name}.png"

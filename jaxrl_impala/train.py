@@ -301,8 +301,15 @@ class ActorSupervisor:
         ]
         self.incarnations[i] += 1
         log = open(self.log_dir / f"actor_{self.first_id + i}.log", "ab")
+        # A session of its own: Ctrl-C in the terminal reaches the learner only, which stops
+        # its actors itself (a dead learner's actors get SIGTERM from PR_SET_PDEATHSIG).
         self.procs[i] = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         if self.address is not None:
@@ -531,11 +538,19 @@ class Trainer:
             first_incarnation=newest_checkpoint_steps(run_dir) if self.resume else 0,
             actor_cpus=actor_cpus,
         )
-        actors.start_all()
+        # From here a first Ctrl-C or SIGTERM asks for a clean stop: one during start-up takes
+        # effect when the training loop begins (final checkpoint, plots); a second Ctrl-C
+        # interrupts at once.
+        old_handlers = {
+            s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
+            actors.start_all()
             return self._run(actors, split, process_id, num_processes)
         finally:
             actors.stop()
+            for s, handler in old_handlers.items():
+                signal.signal(s, handler)
 
     def _run(self, actors: ActorSupervisor, split, process_id: int, num_processes: int) -> int:
         from jaxrl_impala import distributed
@@ -662,9 +677,6 @@ class Trainer:
         actors.set_address(address)
         log: MetricsLog | _NullLog = _NullLog()
         publisher = _Publisher(store, flatten_params) if lead else None
-        old_handlers = {
-            s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)
-        }
         # learner.overlap: each batch is gathered on a thread while the update before it runs
         # (and _loop keeps one update ahead). Deterministic runs gather in order on this thread;
         # with several processes JAX work stays on this thread (see the evaluation in _loop).
@@ -705,8 +717,6 @@ class Trainer:
                 steps_per_update,
             )
         finally:
-            signal.signal(signal.SIGINT, old_handlers[signal.SIGINT])
-            signal.signal(signal.SIGTERM, old_handlers[signal.SIGTERM])
             try:
                 batches.close()
                 if publisher is not None:
@@ -1265,6 +1275,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer started
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -168,6 +168,42 @@ def test_sigkilled_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert "actor 0 exited" in err or "actor 1 exited" in err
 
 
+def test_ctrl_c_during_start_up_stops_cleanly_and_leaves_the_actors_alone(tmp_path):
+    # A terminal's Ctrl-C reaches the foreground process group: here, the learner started
+    # in a session of its own, signalled with killpg as soon as its actors exist (they are
+    # then importing JAX; the learner is still setting up).
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(
+            "--config", DEBUG, "--set", f"run.dir={run_dir}", "train.total_env_steps=1000000"
+        ),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    parent = psutil.Process(proc.pid)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not actor_pids(parent):
+            time.sleep(0.02)
+        children = actor_pids(parent)
+        assert children, "no actor started"
+        assert not (run_dir / "metrics.jsonl").exists(), "the run had started already"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping on SIGINT at env_steps=0" in out, out[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert list((run_dir / "checkpoints").glob("ckpt_*")), "no final checkpoint"
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
+    ), "actors outlived the learner"
+    for log in (run_dir / "logs").glob("actor_*.log"):  # stopped by the learner, not by Ctrl-C
+        assert "KeyboardInterrupt" not in log.read_text(), log.read_text()[-2000:]
+
+
 def test_sigterm_then_resume_continues_from_saved_steps(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
