@@ -1013,6 +1013,11 @@ class Trainer:
                     eval_future = eval_pool.submit(eval_job())
             if lead and time.monotonic() >= next_ckpt:
                 next_ckpt = time.monotonic() + cfg_t.checkpoint_every_s
+                if in_flight is not None:
+                    # A checkpoint holds only updates whose results were read: one ending a
+                    # non-finite streak stops the run before it is saved.
+                    finish(*in_flight)
+                    in_flight = None
                 save()
 
         # --- the end: final eval (if the last one is stale), checkpoint, counters
