@@ -241,8 +241,8 @@ class Checkpointer:
 
 def newest_checkpoint_steps(run_dir: Path) -> int:
     """Env steps of the newest checkpoint in ``run_dir`` (0 if none), from its name."""
-    names = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt_*") if p.is_dir())
-    return int(names[-1].removeprefix("ckpt_")) if names else 0
+    kept = Checkpointer(run_dir).list()
+    return int(kept[-1].name.removeprefix("ckpt_")) if kept else 0
 
 
 # --------------------------------------------------------------------------- actors
@@ -375,9 +375,11 @@ class ActorSupervisor:
 
     def stop(self, timeout: float = 5.0) -> None:
         for proc in self.procs:
-            if proc is not None and proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
                 proc.terminate()
-            if proc is not None and not proc.stdin.closed:
+            if not proc.stdin.closed:
                 try:
                     proc.stdin.close()
                 except OSError:

@@ -58,6 +58,11 @@ def actor_pids(proc: psutil.Process) -> list[int]:
     ]
 
 
+def still_running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (an exited, unreaped process does not count)."""
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
 def wait_for(path: Path, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not path.exists():

@@ -189,7 +189,7 @@ def test_prefetcher_returns_none_when_told_to_stop_and_close_joins_its_thread():
     "overlap, deterministic, num_processes, kind, ordered",
     [
         (True, False, 1, Prefetcher, None),
-        (False, False, 1, InlineBatches, False),  # learner.overlap: false (configs/cartpole.yaml)
+        (False, False, 1, InlineBatches, False),  # learner.overlap: false
         (True, True, 1, InlineBatches, True),  # deterministic: in order, on the learner thread
         (True, False, 2, InlineBatches, False),  # several processes: JAX work on one thread
     ],

@@ -21,6 +21,7 @@ from runs import (
     read_metrics,
     run_train,
     shm_segments,
+    still_running,
     train_cmd,
 )
 
@@ -197,9 +198,7 @@ def test_ctrl_c_during_start_up_stops_cleanly_and_leaves_the_actors_alone(tmp_pa
     assert "stopping on SIGINT at env_steps=0" in out, out[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert list((run_dir / "checkpoints").glob("ckpt_*")), "no final checkpoint"
-    assert not any(
-        psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
-    ), "actors outlived the learner"
+    assert still_running(children) == [], "actors outlived the learner"
     for log in (run_dir / "logs").glob("actor_*.log"):  # stopped by the learner, not by Ctrl-C
         assert "KeyboardInterrupt" not in log.read_text(), log.read_text()[-2000:]
 
@@ -231,9 +230,7 @@ def test_sigterm_then_resume_continues_from_saved_steps(tmp_path):
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "stopping on SIGTERM" in out
-    assert not any(
-        psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in children
-    ), "actors outlived the learner"
+    assert still_running(children) == [], "actors outlived the learner"
     # The actors act with the params the learner publishes (one update runs ahead of the
     # publishing): the mean lag stays within the queue (2 actors x 4 slots, 2 unrolls per
     # update) and the batch and update ahead, far below the 40+ updates that ran. (The max
