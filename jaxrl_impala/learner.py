@@ -78,16 +78,30 @@ def _grad_steps(config: Config) -> int:
     return 1 if lc.algo == "impala" else lc.epochs * lc.minibatches
 
 
-def init_train_state(
-    policy: Policy, obs_space, optimizer: optax.GradientTransformation, key: jax.Array
-) -> TrainState:
-
+def _init_fn(policy: Policy, obs_space, optimizer: optax.GradientTransformation):
     def init(key):
         params = policy.net.init(key, sample_obs(obs_space))
         return TrainState(
             params, optimizer.init(params), init_obs_stats(obs_space), jnp.zeros((), jnp.int32)
         )
 
+    return init
+
+
+def train_state_shapes(
+    policy: Policy, obs_space, optimizer: optax.GradientTransformation, sharding=None
+) -> TrainState:
+    """The TrainState as ``jax.ShapeDtypeStruct`` leaves (placed with ``sharding``), from
+    tracing alone: enough to compile the update before the params exist."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey
+    shapes = jax.eval_shape(_init_fn(policy, obs_space, optimizer), key)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def init_train_state(
+    policy: Policy, obs_space, optimizer: optax.GradientTransformation, key: jax.Array
+) -> TrainState:
+    init = _init_fn(policy, obs_space, optimizer)
     # One compiled program: run eagerly, flax's init dispatches (and compiles) op by op, which
     # takes seconds on a small CPU machine that is starting actors at the same time. It runs
     # once, so XLA may skip its backend optimisations: half the compile (0.9 s -> 0.4 s for

@@ -14,6 +14,7 @@ from jaxrl_impala.learner import (
     make_optimizer,
     make_update,
     policy_step_fn,
+    train_state_shapes,
 )
 from jaxrl_impala.networks import make_policy
 
@@ -116,3 +117,30 @@ def test_a_nonfinite_update_leaves_the_state_as_it_was():
             strict=True,
         ):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_update_compiled_from_the_state_shapes_serves_the_real_state():
+    """The trainer compiles the update before the params exist, from `train_state_shapes`;
+    the first call with the real state must find that executable, not compile again."""
+    base = ["env.num_envs=8", "learner.batch_unrolls=1", "learner.minibatches=2"]
+    config = load_config(None, [*base, "network.hidden=[8]", f"rollout.length={T}"])
+    policy = make_policy(OBS, ACT, config.network, obs_norm=config.learner.obs_norm)
+    optimizer = make_optimizer(config, 100)
+    update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(1))
+    shapes = train_state_shapes(policy, OBS, optimizer, replicated)
+    key = jax.device_put(np.asarray(jax.random.PRNGKey(1)), replicated)
+    state = init_train_state(policy, OBS, optimizer, jax.random.PRNGKey(0))
+    assert jax.tree.structure(shapes) == jax.tree.structure(state)
+    batch = put_batch(bandit_batch(np.random.default_rng(0), policy, state))
+    update.lower(shapes, batch, key).compile()
+
+    compiles = []
+    listener = lambda event, *_a, **_k: compiles.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state, metrics = update(jax.device_put(state, replicated), batch, key)
+        jax.block_until_ready(metrics)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "/jax/core/compile/backend_compile_duration" not in compiles, compiles
+    assert int(state.step) == 1
