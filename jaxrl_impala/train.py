@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -453,6 +454,20 @@ def _greedy_step(policy):
     return _GREEDY_CACHE[key]
 
 
+def compile_eval_step(policy, obs_space, shapes, episodes: int) -> None:
+    """Compiles `evaluate`'s greedy step ahead, for a state of these shapes (see
+    `learner.train_state_shapes`) and ``episodes`` envs, so the first evaluation does not
+    (half a second on a small CPU machine, in the middle of training)."""
+    import jax
+
+    from jaxrl_impala.networks import sample_obs
+
+    host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
+    key = jax.ShapeDtypeStruct((2,), np.uint32)  # jax.random.PRNGKey(0)
+    obs = host(jax.eval_shape(lambda: sample_obs(obs_space, (episodes,))))
+    _greedy_step(policy).lower(host(shapes.params), host(shapes.obs_stats), obs, key).compile()
+
+
 def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int) -> bool:
     """A GIF of one greedy DrivingEnv episode; False when the env is not DrivingEnv."""
     import jax
@@ -605,13 +620,15 @@ class Trainer:
         # arrives: its tracing overlaps the params init's compile and vice versa (XLA releases
         # the GIL) while the actors start (cold CartPole on 2 cores: first update ~0.5 s sooner).
         k = sizes["local_batch_unrolls"]
+        shapes = train_state_shapes(policy, obs_space, optimizer, replicated)
+        evaluates = lead and config.eval.every_env_steps > 0
         update = _CompiledAhead(
             update,
-            lambda: (
-                train_state_shapes(policy, obs_space, optimizer, replicated),
-                put_batch(to_batch(concat_unrolls([example] * k))),
-            ),
+            lambda: (shapes, put_batch(to_batch(concat_unrolls([example] * k)))),
             jax.device_put(np.asarray(key), replicated),
+            then=(lambda: compile_eval_step(policy, obs_space, shapes, config.eval.episodes))
+            if evaluates
+            else None,
         )
         state = init_train_state(policy, obs_space, optimizer, init_key)
 
@@ -1078,12 +1095,14 @@ class _CompiledAhead:
     so no call compiles again. Should the ahead-of-time compile fail, the first call compiles
     as before and reports the error itself."""
 
-    def __init__(self, jitted, example_args, key):
+    def __init__(self, jitted, example_args, key, then: Callable[[], None] | None = None):
         self._jitted = jitted
 
         def compile_it() -> None:
             try:
                 jitted.lower(*example_args(), key).compile()
+                if then is not None:  # more compiling, while the first updates run
+                    then()
             except Exception:  # noqa: BLE001 - the first real call reports it
                 pass
 

@@ -79,6 +79,37 @@ def test_the_compile_cache_keeps_sub_second_compiles(tmp_path):
     assert list((tmp_path / "xla").iterdir()), "nothing was written to the cache"
 
 
+def test_the_eval_step_compiled_ahead_serves_the_first_evaluation():
+    import jax
+
+    from jaxrl_impala.actor import env_spaces
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.learner import init_train_state, make_optimizer, train_state_shapes
+    from jaxrl_impala.networks import make_policy
+    from jaxrl_impala.train import compile_eval_step, evaluate
+
+    config = load_config(None, ["env.id=CartPole-v1", "network.hidden=[8]"])
+    obs_space, action_space, _ = env_spaces(config)
+    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
+    optimizer = make_optimizer(config, 1)
+    compile_eval_step(policy, obs_space, train_state_shapes(policy, obs_space, optimizer), 3)
+    state = jax.device_get(init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0)))
+
+    compiled = []
+
+    def listener(event, _secs, fun_name="", **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        returns = evaluate(config, policy, state.params, state.obs_stats, 3, seed=0)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert returns.shape == (3,) and (returns >= 8).all()  # CartPole lasts 8+ steps
+    assert not [f for f in compiled if "step" in f], compiled
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     before = shm_segments()
