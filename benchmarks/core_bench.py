@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         shape = f"[{r['T']}, {r['B']}]"
         print(
-            f"{r['fn']:<8}{shape:<12}{r['ours_us']:>12.1f}{r['rlax_us']:>12.1f}"
-            f"{r['ratio']:>8.2f}"
+            f"{r['fn']:<8}{shape:<12}{r['ours_us']:>12.1f}{r['rlax_us']:>12.1f}{r['ratio']:>8.2f}"
         )
 
     result = {

@@ -49,8 +49,13 @@ def bench_one(name: str, make, n: int, steps: int, warmup: int) -> dict:
     t_compile = time.perf_counter() - t_compile
     sec = _time_loop(env, acts, warmup)
     env.close()
-    row = {"env": name, "num_envs": n, "ms_per_vector_step": sec * 1e3,
-           "env_steps_per_s": n / sec, "first_step_s": t_compile}
+    row = {
+        "env": name,
+        "num_envs": n,
+        "ms_per_vector_step": sec * 1e3,
+        "env_steps_per_s": n / sec,
+        "first_step_s": t_compile,
+    }
     print(f"{name:34s} {n:6d} {sec * 1e3:10.3f} {n / sec:14,.0f}", flush=True)
     return row
 
@@ -67,26 +72,60 @@ def main() -> None:
     print(f"{'env':34s} {'envs':>6s} {'ms/step':>10s} {'env steps/s':>14s}")
     rows = []
     for n in sizes:
-        rows.append(bench_one("DrivingVectorEnv vector", lambda n: DrivingVectorEnv(
-            n, obs_mode="vector"), n, steps, warmup))
+        rows.append(
+            bench_one(
+                "DrivingVectorEnv vector",
+                lambda n: DrivingVectorEnv(n, obs_mode="vector"),
+                n,
+                steps,
+                warmup,
+            )
+        )
     for n in sizes:
-        rows.append(bench_one("CartPole-v1 vector_entry_point", lambda n: gym.make_vec(
-            "CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point"), n, steps, warmup))
+        rows.append(
+            bench_one(
+                "CartPole-v1 vector_entry_point",
+                lambda n: gym.make_vec(
+                    "CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point"
+                ),
+                n,
+                steps,
+                warmup,
+            )
+        )
     for n in [s for s in sizes if s <= 64]:
-        rows.append(bench_one(
-            "SyncVectorEnv(DrivingEnv) vector",
-            lambda n: gym.vector.SyncVectorEnv([lambda: DrivingEnv(obs_mode="vector")] * n),
-            n, max(20, steps // 5), 100,
-        ))
+        rows.append(
+            bench_one(
+                "SyncVectorEnv(DrivingEnv) vector",
+                lambda n: gym.vector.SyncVectorEnv([lambda: DrivingEnv(obs_mode="vector")] * n),
+                n,
+                max(20, steps // 5),
+                100,
+            )
+        )
     # the same step, not compiled: every jnp op dispatched eagerly (the prototype's "numpy-like"
     # execution); a handful of steps is enough to see the gap
     eager_n = 256 if 256 in sizes else sizes[-1]
     with jax.disable_jit():
-        rows.append(bench_one("DrivingVectorEnv vector (eager)", lambda n: DrivingVectorEnv(
-            n, obs_mode="vector"), eager_n, 3, 1))
+        rows.append(
+            bench_one(
+                "DrivingVectorEnv vector (eager)",
+                lambda n: DrivingVectorEnv(n, obs_mode="vector"),
+                eager_n,
+                3,
+                1,
+            )
+        )
     pix_n = 64
-    rows.append(bench_one("DrivingVectorEnv pixels 64x64x3", lambda n: DrivingVectorEnv(
-        n, obs_mode="pixels"), pix_n, max(30, steps // 3), warmup // 2))
+    rows.append(
+        bench_one(
+            "DrivingVectorEnv pixels 64x64x3",
+            lambda n: DrivingVectorEnv(n, obs_mode="pixels"),
+            pix_n,
+            max(30, steps // 3),
+            warmup // 2,
+        )
+    )
 
     by = {(r["env"], r["num_envs"]): r["env_steps_per_s"] for r in rows}
     ratios = {}
@@ -100,18 +139,25 @@ def main() -> None:
     print("\nratios (same run):")
     for k, v in ratios.items():
         print(f"  {k:28s} {v:8.3f}")
-    best = max(by[("DrivingVectorEnv vector", n)] for n in sizes if n >= 256) if any(
-        n >= 256 for n in sizes) else None
+    best = (
+        max(by[("DrivingVectorEnv vector", n)] for n in sizes if n >= 256)
+        if any(n >= 256 for n in sizes)
+        else None
+    )
     if best is not None:
         verdict = "PASS" if best >= 100_000 else "BELOW"
         print(f"\ntarget >= 100,000 env steps/s with 256+ envs (vector obs): {best:,.0f} {verdict}")
     out = {
         "rows": rows,
         "ratios": ratios,
-        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "cpu_affinity": sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else None,
-        "jax": jax.__version__, "gymnasium": gym.__version__, "python": platform.python_version(),
-        "backend": jax.default_backend(), "quick": args.quick,
+        "jax": jax.__version__,
+        "gymnasium": gym.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "quick": args.quick,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:

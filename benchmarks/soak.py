@@ -135,7 +135,9 @@ def mark_kills_while_finishing(kills: list[dict], samples: list[dict]) -> None:
         before = [s for s in samples if s["t"] <= k["t"] and s["env_steps"] is not None]
         after = [s for s in samples if s["t"] > k["t"] and s["env_steps"] is not None]
         k["while_finishing"] = bool(
-            before and after and before[-1]["env_steps"] == after[0]["env_steps"]
+            before
+            and after
+            and before[-1]["env_steps"] == after[0]["env_steps"]
             and not any(s["actor_restarts"] > before[-1]["actor_restarts"] for s in after[:6])
         )
 
@@ -286,8 +288,11 @@ def soak(args) -> dict:
         "kills": kills,
         "samples": samples,
         "evals": [
-            {"env_steps": r["env_steps"], "wall_time_s": r["wall_time_s"],
-             "eval_return_mean": r["eval_return_mean"]}
+            {
+                "env_steps": r["env_steps"],
+                "wall_time_s": r["wall_time_s"],
+                "eval_return_mean": r["eval_return_mean"],
+            }
             for r in evals
         ],  # fmt: skip
     }

@@ -101,7 +101,9 @@ def env_ceiling(actors: int, num_envs: int, seconds: float) -> float:
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--_env-worker", str(num_envs), str(seconds), str(i)],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
             env=dict(os.environ, JAX_PLATFORMS="cpu", **{ACTOR_CPU_ENV: str(cpus[i % len(cpus)])}),
         )  # fmt: skip
         for i in range(actors)

@@ -354,8 +354,19 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": targets,
         "driving_scripted_return": scripted,
         "results": [
-            {k: r[k] for k in ("system", "env", "seed", "compile_cache", "seconds_to_target",
-                               "env_steps_to_target", "final_eval_return", "command_seconds")}
+            {
+                k: r[k]
+                for k in (
+                    "system",
+                    "env",
+                    "seed",
+                    "compile_cache",
+                    "seconds_to_target",
+                    "env_steps_to_target",
+                    "final_eval_return",
+                    "command_seconds",
+                )
+            }
             for r in rows
         ],  # fmt: skip
         "summary": summary,

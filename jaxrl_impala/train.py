@@ -429,8 +429,12 @@ def evaluate(
                 collision = np.asarray(info["collision"], bool)
                 offroad = np.asarray(info["offroad"], bool) & ~collision
                 route_end = term & ~collision & ~offroad
-                for name, hit in (("collision", collision), ("offroad", offroad),
-                                  ("route_end", route_end), ("time_limit", ~term)):
+                for name, hit in (
+                    ("collision", collision),
+                    ("offroad", offroad),
+                    ("route_end", route_end),
+                    ("time_limit", ~term),
+                ):
                     ends[name] = ends.get(name, 0) + int((ending & hit).sum())  # fmt: skip
             done |= ending
             if done.all():

@@ -160,9 +160,7 @@ def test_fuzzed_config_files_load_or_fail_with_one_config_error_line(doc, tmp_pa
 
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
-def test_fuzzed_config_file_bytes_never_escape_as_anything_but_config_error(
-    text, tmp_path_factory
-):
+def test_fuzzed_config_file_bytes_never_escape_as_anything_but_config_error(text, tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     try:

@@ -52,8 +52,7 @@ def test_multicategorical():
         for i, p in enumerate(parts)
     )
     np.testing.assert_allclose(d.log_prob(actions), expected, rtol=1e-5)
-    np.testing.assert_allclose(d.entropy(), sum(Categorical(p).entropy() for p in parts),
-                               rtol=1e-5)
+    np.testing.assert_allclose(d.entropy(), sum(Categorical(p).entropy() for p in parts), rtol=1e-5)
     s = np.asarray(d.sample(KEY))
     assert s.shape == (6, 3) and (s < np.array(nvec)).all() and (s >= 0).all()
     np.testing.assert_allclose(d.kl(d), 0.0, atol=1e-6)
@@ -65,13 +64,15 @@ def test_gaussian_clip_mode_log_prob_kl_and_to_env():
     mean2, log_std2 = rng.normal(size=(2, 4, 3)).astype(np.float32) * 0.5
     d = DiagGaussian(mean, log_std, (-1.0,) * 3, (1.0,) * 3)
     raw = np.asarray(d.sample(KEY))
-    np.testing.assert_allclose(d.log_prob(raw), ref.gaussian_log_prob(raw, mean, log_std),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        d.log_prob(raw), ref.gaussian_log_prob(raw, mean, log_std), rtol=1e-5
+    )
     ent_expected = np.sum(log_std + 0.5 * np.log(2 * np.pi * np.e), -1)
     np.testing.assert_allclose(d.entropy(), ent_expected, rtol=1e-5)
     q = DiagGaussian(mean2, log_std2, (-1.0,) * 3, (1.0,) * 3)
-    np.testing.assert_allclose(d.kl(q), ref.gaussian_kl(mean, log_std, mean2, log_std2),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        d.kl(q), ref.gaussian_kl(mean, log_std, mean2, log_std2), rtol=1e-4, atol=1e-6
+    )
     env_action = np.asarray(d.to_env(raw * 10))
     assert env_action.min() >= -1 and env_action.max() <= 1
 
@@ -90,8 +91,9 @@ def test_gaussian_squash_density_integrates_to_one_and_matches_change_of_variabl
 
 
 def test_gaussian_squash_samples_in_bounds_and_log_prob_finite():
-    d = DiagGaussian(jnp.zeros((1000, 2)), jnp.full((1000, 2), 1.5), (-1.0, 0.0), (1.0, 2.0),
-                     squash=True)
+    d = DiagGaussian(
+        jnp.zeros((1000, 2)), jnp.full((1000, 2), 1.5), (-1.0, 0.0), (1.0, 2.0), squash=True
+    )
     a = np.asarray(d.sample(KEY))
     assert (a[:, 0] >= -1).all() and (a[:, 0] <= 1).all()
     assert (a[:, 1] >= 0).all() and (a[:, 1] <= 2).all()

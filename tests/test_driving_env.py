@@ -40,13 +40,18 @@ def test_registered_and_made_with_kwargs():
 
 @pytest.mark.parametrize(
     "obs_mode,action_mode",
-    [("vector", "continuous"), ("vector", "discrete"), ("pixels", "continuous"),
-     ("dict", "discrete")],
+    [
+        ("vector", "continuous"),
+        ("vector", "discrete"),
+        ("pixels", "continuous"),
+        ("dict", "discrete"),
+    ],
 )
 def test_check_env(obs_mode, action_mode):
     render = "rgb_array" if obs_mode == "vector" and action_mode == "continuous" else None
-    env = gym.make(envs.ENV_ID, obs_mode=obs_mode, action_mode=action_mode, render_mode=render,
-                   **SHORT)
+    env = gym.make(
+        envs.ENV_ID, obs_mode=obs_mode, action_mode=action_mode, render_mode=render, **SHORT
+    )
     check_env(env.unwrapped, skip_render_check=render is None)
     obs, info = env.reset(seed=1)
     assert env.observation_space.contains(obs)
@@ -131,8 +136,7 @@ def test_lidar_edges_match_geometry(vec_env):
     np.testing.assert_allclose(edges[:, 0], cfg.lidar_range)
     # a beam at 45 degrees to the left: hypotenuse of the lateral distance
     if k % 8 == 0:
-        np.testing.assert_allclose(edges[:, k // 8], (cfg.road_half_width - d) * 2**0.5,
-                                   atol=1e-3)
+        np.testing.assert_allclose(edges[:, k // 8], (cfg.road_half_width - d) * 2**0.5, atol=1e-3)
 
 
 def test_sensor_noise_and_dropout_are_seeded():
@@ -232,8 +236,15 @@ def test_evaluation_counts_how_each_episode_ended(vec_env):
         action = np.clip(np.asarray(step(params, None, obs, jax.random.PRNGKey(0))[0]), -1, 1)
         obs, r, term, trunc, info = vec_env.step(action)
         for i in np.flatnonzero(~done & (term | trunc)):
-            kind = ("collision" if info["collision"][i] else "offroad" if info["offroad"][i]
-                    else "route_end" if info["route_completion"][i] >= 1.0 else "time_limit")
+            kind = (
+                "collision"
+                if info["collision"][i]
+                else "offroad"
+                if info["offroad"][i]
+                else "route_end"
+                if info["route_completion"][i] >= 1.0
+                else "time_limit"
+            )
             want[kind] += 1  # fmt: skip
         ret += np.where(done, 0.0, r)
         done |= term | trunc

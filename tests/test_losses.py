@@ -133,8 +133,9 @@ def test_appo_loss_combines_vtrace_and_ppo():
         value_coef=0.5,
         entropy_coef=0.01,
     )
-    vs, pg = ref.vtrace(logp - blogp, x["discounts"], x["rewards"], x["values"],
-                        x["bootstrap_value"])
+    vs, pg = ref.vtrace(
+        logp - blogp, x["discounts"], x["rewards"], x["values"], x["bootstrap_value"]
+    )
     pg_loss, _ = numpy_ppo(logp, blogp, pg, 0.2)
     v_loss = 0.5 * np.mean((x["values"] - vs) ** 2)
     expected = pg_loss + 0.5 * v_loss - 0.01 * entropy.mean()
@@ -151,14 +152,20 @@ def test_appo_gradient_flows_to_logp_and_values_only_through_the_losses():
     entropy = jnp.ones_like(x["rewards"])
 
     def f(logp, values):
-        return appo_loss(logp, blogp, values, x["bootstrap_value"], x["rewards"],
-                         x["discounts"], entropy)[0]
+        return appo_loss(
+            logp, blogp, values, x["bootstrap_value"], x["rewards"], x["discounts"], entropy
+        )[0]
 
     g_logp, g_values = jax.grad(f, argnums=(0, 1))(blogp + 0.05, x["values"])
     assert np.abs(g_logp).sum() > 0 and np.abs(g_values).sum() > 0
     # The value gradient is exactly value_coef * (V - vs) / N: targets are constants.
-    vs = ref.vtrace(np.full(x["rewards"].shape, 0.05), x["discounts"], x["rewards"],
-                    x["values"], x["bootstrap_value"])[0]
+    vs = ref.vtrace(
+        np.full(x["rewards"].shape, 0.05),
+        x["discounts"],
+        x["rewards"],
+        x["values"],
+        x["bootstrap_value"],
+    )[0]
     np.testing.assert_allclose(
         g_values, 0.5 * (np.asarray(x["values"]) - vs) / vs.size, rtol=1e-4, atol=1e-6
     )

@@ -57,9 +57,7 @@ def test_frame_stack_from_config_and_its_errors():
     assert obs.shape == (2, 12)
     np.testing.assert_array_equal(obs[:, :4], obs[:, 8:])  # a fresh stack repeats frame 0
     env.close()
-    bad = load_config(
-        None, ["env.frame_stack=2", "env.kwargs={obs_mode: dict}", "env.num_envs=2"]
-    )
+    bad = load_config(None, ["env.frame_stack=2", "env.kwargs={obs_mode: dict}", "env.num_envs=2"])
     with pytest.raises(ConfigError, match="env.frame_stack=2: frame stacking needs Box"):
         make_vector_env(bad, 2)
     with pytest.raises(ConfigError, match="env.frame_stack"):

@@ -219,6 +219,4 @@ def distribution_for_space(
             return DiagGaussian(p[..., :a], p[..., a:], low, high, squash)
 
         return 2 * a, make
-    raise ValueError(
-        f"unsupported action space {space}; use Discrete, MultiDiscrete or a 1-D Box"
-    )
+    raise ValueError(f"unsupported action space {space}; use Discrete, MultiDiscrete or a 1-D Box")

@@ -27,7 +27,6 @@ if ENV_ID not in gym.registry:
     )
 
 
-
 def __getattr__(name: str):
     # the GIF helpers load lazily so `python -m jaxrl_impala.envs.gif` runs its module once
     if name in ("write_gif", "record_episode"):

@@ -205,8 +205,6 @@ def make_config(config: DrivingConfig | None = None, **overrides: Any) -> Drivin
     names = {f.name for f in dataclasses.fields(DrivingConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise TypeError(
-            f"unknown DrivingEnv option(s) {unknown}; valid options: {sorted(names)}"
-        )
+        raise TypeError(f"unknown DrivingEnv option(s) {unknown}; valid options: {sorted(names)}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(base, **fixed)

@@ -44,8 +44,11 @@ def make_spaces(cfg: DrivingConfig, obs_mode: str, action_mode: str):
     """The single-env observation and action spaces."""
     vec = gym.spaces.Box(-1.0, 1.0, (cfg.vector_obs_size,), np.float32)
     pix = gym.spaces.Box(0, 255, (cfg.pixels_size, cfg.pixels_size, 3), np.uint8)
-    obs_space = {"vector": vec, "pixels": pix, "dict": gym.spaces.Dict(
-        {"vector": vec, "pixels": pix})}[obs_mode]
+    obs_space = {
+        "vector": vec,
+        "pixels": pix,
+        "dict": gym.spaces.Dict({"vector": vec, "pixels": pix}),
+    }[obs_mode]
     if action_mode == "continuous":
         act_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     else:
@@ -197,8 +200,11 @@ class DrivingVectorEnv(_ControlsMixin, VectorEnv):
         seed: optional seed for the first reset (env i gets ``seed + i``).
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"],
-                "render_fps": 10}
+    metadata = {
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": ["rgb_array"],
+        "render_fps": 10,
+    }
 
     def __init__(
         self,

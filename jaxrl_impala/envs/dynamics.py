@@ -272,10 +272,9 @@ def reset_from_key(cfg: DrivingConfig, key: jax.Array) -> EnvState:
     ego_lane = rnd.randint(0, n_fwd_lanes)
     ego_s = jnp.float32(5.0)
     ego_d = lanes[ego_lane]
-    proto = EnvState(
-        *([jnp.zeros(())] * len(EnvState._fields))
-    )._replace(seg_kappa=kappa, seg_length=length, seg_s0=s0, seg_x0=x0, seg_y0=y0,
-               seg_psi0=psi0)
+    proto = EnvState(*([jnp.zeros(())] * len(EnvState._fields)))._replace(
+        seg_kappa=kappa, seg_length=length, seg_s0=s0, seg_x0=x0, seg_y0=y0, seg_psi0=psi0
+    )
     ex, ey, epsi, _ = pose_at(proto, ego_s, ego_d)
     # a safe start speed for the surface (below the speed limit)
     ego_v = jnp.minimum(0.5 * speed_limit, 10.0) * jnp.minimum(1.0, mu / 0.6)
@@ -298,49 +297,51 @@ def reset_from_key(cfg: DrivingConfig, key: jax.Array) -> EnvState:
     lo, hi = cfg.pedestrian_wait
     ped_timer = rnd.uniform((p,), 0.0, hi)
     f32 = jnp.float32
-    return _with_poses(EnvState(
-        key=key,
-        seg_kappa=kappa.astype(f32),
-        seg_length=length.astype(f32),
-        seg_s0=s0.astype(f32),
-        seg_x0=x0.astype(f32),
-        seg_y0=y0.astype(f32),
-        seg_psi0=psi0.astype(f32),
-        route_length=route.astype(f32),
-        mu=mu,
-        slope=slope.astype(f32),
-        speed_limit=speed_limit,
-        x=ex,
-        y=ey,
-        psi=epsi,
-        v=ego_v,
-        accel=jnp.zeros((), f32),
-        grip_use=jnp.zeros((), f32),
-        seg=jnp.zeros((), jnp.int32),
-        s=ego_s,
-        d=ego_d,
-        heading_error=jnp.zeros((), f32),
-        prev_action=jnp.zeros((3,), f32),
-        t=jnp.zeros((), jnp.int32),
-        episode_return=jnp.zeros((), f32),
-        veh_s=veh_s,
-        veh_d=veh_d,
-        veh_v=0.8 * veh_v0,
-        veh_v0=veh_v0,
-        veh_target_d=veh_d,
-        veh_dd=jnp.zeros((n,), f32),
-        veh_dir=veh_dir,
-        ped_s=jnp.full((p,), -_FAR, f32),
-        ped_d=jnp.zeros((p,), f32),
-        ped_vd=jnp.zeros((p,), f32),
-        ped_active=jnp.zeros((p,), bool),
-        ped_timer=ped_timer,
-        veh_x=jnp.zeros((n,), f32),
-        veh_y=jnp.zeros((n,), f32),
-        veh_psi=jnp.zeros((n,), f32),
-        ped_x=jnp.zeros((p,), f32),
-        ped_y=jnp.zeros((p,), f32),
-    ))
+    return _with_poses(
+        EnvState(
+            key=key,
+            seg_kappa=kappa.astype(f32),
+            seg_length=length.astype(f32),
+            seg_s0=s0.astype(f32),
+            seg_x0=x0.astype(f32),
+            seg_y0=y0.astype(f32),
+            seg_psi0=psi0.astype(f32),
+            route_length=route.astype(f32),
+            mu=mu,
+            slope=slope.astype(f32),
+            speed_limit=speed_limit,
+            x=ex,
+            y=ey,
+            psi=epsi,
+            v=ego_v,
+            accel=jnp.zeros((), f32),
+            grip_use=jnp.zeros((), f32),
+            seg=jnp.zeros((), jnp.int32),
+            s=ego_s,
+            d=ego_d,
+            heading_error=jnp.zeros((), f32),
+            prev_action=jnp.zeros((3,), f32),
+            t=jnp.zeros((), jnp.int32),
+            episode_return=jnp.zeros((), f32),
+            veh_s=veh_s,
+            veh_d=veh_d,
+            veh_v=0.8 * veh_v0,
+            veh_v0=veh_v0,
+            veh_target_d=veh_d,
+            veh_dd=jnp.zeros((n,), f32),
+            veh_dir=veh_dir,
+            ped_s=jnp.full((p,), -_FAR, f32),
+            ped_d=jnp.zeros((p,), f32),
+            ped_vd=jnp.zeros((p,), f32),
+            ped_active=jnp.zeros((p,), bool),
+            ped_timer=ped_timer,
+            veh_x=jnp.zeros((n,), f32),
+            veh_y=jnp.zeros((n,), f32),
+            veh_psi=jnp.zeros((n,), f32),
+            ped_x=jnp.zeros((p,), f32),
+            ped_y=jnp.zeros((p,), f32),
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,8 +354,11 @@ def _with_poses(state: EnvState) -> EnvState:
     heading = jnp.where(state.veh_dir > 0, psi + slip, psi + jnp.pi)
     qx, qy, _, _ = pose_at(state, state.ped_s, state.ped_d)
     return state._replace(
-        veh_x=x, veh_y=y, veh_psi=heading,
-        ped_x=jnp.where(state.ped_active, qx, _FAR), ped_y=jnp.where(state.ped_active, qy, _FAR),
+        veh_x=x,
+        veh_y=y,
+        veh_psi=heading,
+        ped_x=jnp.where(state.ped_active, qx, _FAR),
+        ped_y=jnp.where(state.ped_active, qy, _FAR),
     )
 
 
@@ -667,7 +671,7 @@ def render_labels(cfg: DrivingConfig, state: EnvState, size: int, scale: float) 
             lab = jnp.where(on, CENTRE_LINE, lab)
         else:
             lab = jnp.where(on & dash, LANE_LINE, lab)
-    edge = (jnp.abs(jnp.abs(d) - (hw - 0.3)) < 0.5 * line_w)
+    edge = jnp.abs(jnp.abs(d) - (hw - 0.3)) < 0.5 * line_w
     lab = jnp.where(edge, EDGE_LINE, lab)
     finish = (jnp.abs(s - state.route_length) < 0.8) & (jnp.abs(d) <= hw)
     lab = jnp.where(finish, FINISH, lab)
@@ -844,9 +848,18 @@ def step(cfg: DrivingConfig, state: EnvState, action: jax.Array):
     seg, s_new, d, road_psi = _project(state, state.seg, x, y)
 
     new = state._replace(
-        key=key, x=x, y=y, psi=_wrap(psi), v=v_new, accel=a_real,
-        grip_use=jnp.minimum(demand / grip, 1.0), seg=seg, s=s_new, d=d,
-        heading_error=_wrap(psi - road_psi), prev_action=action,
+        key=key,
+        x=x,
+        y=y,
+        psi=_wrap(psi),
+        v=v_new,
+        accel=a_real,
+        grip_use=jnp.minimum(demand / grip, 1.0),
+        seg=seg,
+        s=s_new,
+        d=d,
+        heading_error=_wrap(psi - road_psi),
+        prev_action=action,
         t=state.t + 1,
     )
     new = _step_traffic(cfg, new, d, _Draws(k_step))
@@ -931,8 +944,10 @@ def scripted_action(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     prel = state.ped_s - state.s
     t_arr = prel / jnp.maximum(v, 1.0)
     d_pred = state.ped_d + state.ped_vd * jnp.clip(t_arr, 0.0, 4.0)
-    danger = state.ped_active & (prel > -1.0) & (
-        (jnp.abs(d_pred - lane_d) < 3.0) | (jnp.abs(state.ped_d - lane_d) < 3.0)
+    danger = (
+        state.ped_active
+        & (prel > -1.0)
+        & ((jnp.abs(d_pred - lane_d) < 3.0) | (jnp.abs(state.ped_d - lane_d) < 3.0))
     )
     ped_gap = jnp.where(danger, prel - 0.5 * cfg.car_length - 3.0, 1e4)
     use_ped = jnp.min(ped_gap) < gap
@@ -967,8 +982,15 @@ def _reset_one(cfg: DrivingConfig, obs_mode: str, key: jax.Array):
 # has ~45 leaves. So the batched state crosses it as ONE uint32 [B, F] array (every leaf is 32-bit
 # and is bit-cast, not converted), and the per-step scalars as one float32 [B, len(SCALARS)].
 SCALARS = (
-    "reward", "terminated", "truncated", "collision", "offroad", "skid", "route_completion",
-    "episode_return", "episode_length",
+    "reward",
+    "terminated",
+    "truncated",
+    "collision",
+    "offroad",
+    "skid",
+    "route_completion",
+    "episode_return",
+    "episode_length",
 ) + tuple(f"reward_terms/{k}" for k in REWARD_TERMS)
 
 
@@ -996,7 +1018,7 @@ def unpack_state(cfg: DrivingConfig, packed: jax.Array) -> EnvState:
     leaves, start = [], 0
     b = packed.shape[0]
     for shape, dtype, size in _layout(cfg):
-        col = packed[:, start:start + size]
+        col = packed[:, start : start + size]
         start += size
         if dtype == jnp.bool_:
             leaf = col != 0
@@ -1051,8 +1073,9 @@ def batch_reset(cfg: DrivingConfig, obs_mode: str, keys: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "obs_mode", "autoreset"))
-def batch_step(cfg: DrivingConfig, obs_mode: str, autoreset: bool, packed: jax.Array,
-               actions: jax.Array):
+def batch_step(
+    cfg: DrivingConfig, obs_mode: str, autoreset: bool, packed: jax.Array, actions: jax.Array
+):
     """Step every env; with ``autoreset`` start a new episode where one ended (same step).
 
     Args:
@@ -1068,9 +1091,9 @@ def batch_step(cfg: DrivingConfig, obs_mode: str, autoreset: bool, packed: jax.A
         :func:`unpack_scalars`).
     """
     state = unpack_state(cfg, packed)
-    new, reward, terminated, truncated, info, k_obs = jax.vmap(
-        lambda s, a: step(cfg, s, a)
-    )(state, actions)
+    new, reward, terminated, truncated, info, k_obs = jax.vmap(lambda s, a: step(cfg, s, a))(
+        state, actions
+    )
     obs = jax.vmap(lambda s, k: _obs(cfg, obs_mode, s, k))(new, k_obs)
     scalars = _pack_scalars(reward, terminated, truncated, info)
     if not autoreset:

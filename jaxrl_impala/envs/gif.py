@@ -1,6 +1,6 @@
 """Write frames as an animated GIF or a PNG (Pillow), and record an episode as one.
 
-    python -m jaxrl_impala.envs.gif --out /tmp/drive.gif --policy scripted --seed 0
+python -m jaxrl_impala.envs.gif --out /tmp/drive.gif --policy scripted --seed 0
 """
 
 from __future__ import annotations
@@ -36,8 +36,13 @@ def write_png(path: str, frame: np.ndarray) -> None:
     Image.fromarray(np.asarray(frame, np.uint8)).save(path)
 
 
-def record_episode(policy: str = "scripted", seed: int = 0, max_steps: int | None = None,
-                   every: int = 1, **env_kwargs) -> tuple[list[np.ndarray], float, dict]:
+def record_episode(
+    policy: str = "scripted",
+    seed: int = 0,
+    max_steps: int | None = None,
+    every: int = 1,
+    **env_kwargs,
+) -> tuple[list[np.ndarray], float, dict]:
     """Run one episode of ``DrivingEnv`` with ``policy`` ("scripted" or "random").
 
     Returns:
@@ -72,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     frames, ret, info = record_episode(args.policy, args.seed, args.max_steps, args.every)
     write_gif(args.out, frames, args.fps or 10.0 / args.every)
-    print(f"wrote {args.out}: {len(frames)} frames, return {ret:.2f}, "
-          f"route completion {info.get('route_completion', 0.0):.2f}, "
-          f"collision {info.get('collision')}, offroad {info.get('offroad')}")
+    print(
+        f"wrote {args.out}: {len(frames)} frames, return {ret:.2f}, "
+        f"route completion {info.get('route_completion', 0.0):.2f}, "
+        f"collision {info.get('collision')}, offroad {info.get('offroad')}"
+    )
 
 
 if __name__ == "__main__":

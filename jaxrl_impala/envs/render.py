@@ -49,7 +49,7 @@ def labels_to_rgb(labels: np.ndarray, state, cfg: DrivingConfig, env: int = 0) -
     mu = float(np.asarray(state.mu)[env])
     comp = float(np.clip(np.asarray(state.s)[env] / np.asarray(state.route_length)[env], 0, 1))
     x0, x1 = 30, w - 10
-    img[h - 26 : h - 2, 0 : w] = (20, 20, 20)
+    img[h - 26 : h - 2, 0:w] = (20, 20, 20)
     span = x1 - x0
 
     def bar(row: int, frac: float, colour) -> None:
