@@ -454,7 +454,6 @@ def run(
     work overlaps the learner's own start-up. It returns None if the learner went away.
     """
     from jaxrl_impala.compile_cache import use_compile_cache
-    from jaxrl_impala.transport import connect_actor
 
     use_compile_cache(config.train.compile_cache)
     learner_pid = int(os.environ.get(LEARNER_PID_ENV) or 0)
@@ -464,7 +463,7 @@ def run(
         address = address()
         if address is None:
             return 0
-    queue, store = connect_actor(address, actor_id)
+    queue, store = _connect(address, actor_id, learner_pid)
 
     def learner_gone() -> bool:
         # Started by a trainer: orphaned once our parent is not the learner any more (either
@@ -502,6 +501,32 @@ def run(
     finally:
         queue.close()
         store.close()
+
+
+def _connect(address: dict, actor_id: int, learner_pid: int):
+    """`connect_actor`; an actor its trainer started retries a Redis that refuses (backoff
+    50 ms to 2 s, for as long as actors wait for a silent learner), while that learner lives.
+    The learner has just reached this server, so a refusal is an outage such as a restart,
+    which connected actors ride out the same way. A standalone actor fails at once: its URL
+    may simply be wrong."""
+    from jaxrl_impala.transport import RedisTransportError, connect_actor
+    from jaxrl_impala.transport.redis import BACKOFF_MAX, BACKOFF_MIN, DEFAULT_STALE_AFTER
+
+    delay, deadline = BACKOFF_MIN, time.monotonic() + DEFAULT_STALE_AFTER
+    while True:
+        try:
+            return connect_actor(address, actor_id)
+        except RedisTransportError as e:
+            if not learner_pid or os.getppid() != learner_pid or time.monotonic() > deadline:
+                raise
+            if delay == BACKOFF_MIN:
+                print(
+                    f"actor {actor_id}: {e}; retrying (the learner reached it)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, BACKOFF_MAX)
 
 
 def _address_from_stdin() -> dict | None:
