@@ -453,12 +453,13 @@ def run(
     transport exists): it is called once the env is built and the policy compiled, so that
     work overlaps the learner's own start-up. It returns None if the learner went away.
     """
-    from jaxrl_impala.compile_cache import use_compile_cache
+    from jaxrl_impala.compile_cache import in_turn, use_compile_cache
 
     use_compile_cache(config.train.compile_cache)
     learner_pid = int(os.environ.get(LEARNER_PID_ENV) or 0)
-    rollout = Rollout(config, actor_id, incarnation=incarnation)
-    rollout.warm_up()
+    with in_turn(config.train.compile_cache):  # one actor compiles, the others load
+        rollout = Rollout(config, actor_id, incarnation=incarnation)
+        rollout.warm_up()
     if callable(address):
         address = address()
         if address is None:

@@ -3,7 +3,9 @@ the actors: a later run loads its compiled programs from disk instead of compili
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -26,3 +28,31 @@ def use_compile_cache(path: str) -> None:
         return
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@contextlib.contextmanager
+def in_turn(path: str) -> Iterator[None]:
+    """Holds an exclusive lock on the cache at ``path`` (none when ``path`` is ``""``) for
+    the block, so processes that compile the same programs compile them once: the actors of a
+    run build the same env and unroll, and while the first one compiles, the next waits and
+    then loads them from the cache (on 2 cores two actors share one CPU, and compiling the
+    DrivingEnv unroll there took each of them twice as long). Without a usable lock the
+    block runs at once."""
+    lock = None
+    if path:
+        try:
+            import fcntl
+
+            cache = Path(path).expanduser()
+            cache.mkdir(parents=True, exist_ok=True)
+            lock = open(cache / ".in_turn.lock", "a")  # noqa: SIM115 - held across the yield
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if lock is not None:
+                lock.close()
+            lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
