@@ -32,7 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jaxrl_impala.cpus import LEARNER_PID_ENV, pin_actor_from_env  # no JAX in there
+from jaxrl_impala.cpus import (  # no JAX in there
+    ACTOR_OWN_CPU_ENV,
+    LEARNER_PID_ENV,
+    pin_actor_from_env,
+)
 
 
 def _die_with_parent() -> None:
@@ -457,7 +461,10 @@ def run(
 
     use_compile_cache(config.train.compile_cache)
     learner_pid = int(os.environ.get(LEARNER_PID_ENV) or 0)
-    with in_turn(config.train.compile_cache):  # one actor compiles, the others load
+    # Actors sharing a CPU (or unpinned, where each compile takes every CPU) take turns: the
+    # first compiles, the others load. With a CPU each they compile side by side.
+    turns = not os.environ.get(ACTOR_OWN_CPU_ENV)
+    with in_turn(config.train.compile_cache if turns else ""):
         rollout = Rollout(config, actor_id, incarnation=incarnation)
         rollout.warm_up()
     if callable(address):

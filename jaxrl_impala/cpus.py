@@ -13,6 +13,9 @@ import sys
 
 # Set by the trainer for each actor it starts: the one CPU that actor runs on.
 ACTOR_CPU_ENV = "JAXRL_IMPALA_ACTOR_CPU"
+# Set by the trainer when every actor has a CPU to itself: their start-ups then compile side
+# by side instead of taking turns (`compile_cache.in_turn`).
+ACTOR_OWN_CPU_ENV = "JAXRL_IMPALA_ACTOR_OWN_CPU"
 # Also set by the trainer: its pid, the learner the actor dies with. Here rather than in
 # actor.py so that the trainer can start its actors before it imports JAX.
 LEARNER_PID_ENV = "JAXRL_IMPALA_LEARNER_PID"

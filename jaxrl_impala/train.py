@@ -278,15 +278,22 @@ class ActorSupervisor:
         # of a resumed run, which starts counting at its env_steps) plays fresh scenarios.
         self.incarnations = [first_incarnation] * config.actors.num
 
-    def _start(self, i: int) -> None:
-        from jaxrl_impala.cpus import ACTOR_CPU_ENV, LEARNER_PID_ENV
+    def actor_env(self, i: int) -> dict[str, str]:
+        """The environment actor ``i`` starts with."""
+        from jaxrl_impala.cpus import ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV, LEARNER_PID_ENV
 
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         env[LEARNER_PID_ENV] = str(os.getpid())
-        env.pop("XLA_FLAGS", None)
-        env.pop(ACTOR_CPU_ENV, None)
+        for name in ("XLA_FLAGS", ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV):
+            env.pop(name, None)
         if self.actor_cpus:
             env[ACTOR_CPU_ENV] = str(self.actor_cpus[i % len(self.actor_cpus)])
+            if len(self.actor_cpus) >= len(self.procs):
+                env[ACTOR_OWN_CPU_ENV] = "1"
+        return env
+
+    def _start(self, i: int) -> None:
+        env = self.actor_env(i)
         cmd = [
             sys.executable,
             "-m",
