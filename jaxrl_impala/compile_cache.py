@@ -36,16 +36,15 @@ def in_turn(path: str) -> Iterator[None]:
     the block, so processes that compile the same programs compile them once: the actors of a
     run build the same env and unroll, and while the first one compiles, the next waits and
     then loads them from the cache (on 2 cores two actors share one CPU, and compiling the
-    DrivingEnv unroll there took each of them twice as long). Without a usable lock the
-    block runs at once."""
+    DrivingEnv unroll there took each of them twice as long). Without a usable lock (no
+    cache directory: `use_compile_cache` makes it) the block runs at once."""
     lock = None
     if path:
         try:
             import fcntl
 
-            cache = Path(path).expanduser()
-            cache.mkdir(parents=True, exist_ok=True)
-            lock = open(cache / ".in_turn.lock", "a")  # noqa: SIM115 - held across the yield
+            # Opened here and closed in the finally below: the lock is held across the yield.
+            lock = open(Path(path).expanduser() / ".in_turn.lock", "a")  # noqa: SIM115
             fcntl.flock(lock, fcntl.LOCK_EX)
         except (ImportError, OSError):
             if lock is not None:

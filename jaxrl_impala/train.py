@@ -475,7 +475,7 @@ def compile_eval_step(policy, obs_space, shapes, episodes: int) -> None:
 
     host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
     key = jax.ShapeDtypeStruct((2,), np.uint32)  # jax.random.PRNGKey(0)
-    obs = host(jax.eval_shape(lambda: sample_obs(obs_space, (episodes,))))
+    obs = jax.eval_shape(lambda: sample_obs(obs_space, (episodes,)))
     _greedy_step(policy).lower(host(shapes.params), host(shapes.obs_stats), obs, key).compile()
 
 

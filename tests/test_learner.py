@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compiles import backend_compiles
 
 from jaxrl_impala.config import load_config
 from jaxrl_impala.learner import (
@@ -134,13 +135,8 @@ def test_the_update_compiled_from_the_state_shapes_serves_the_real_state():
     batch = put_batch(bandit_batch(np.random.default_rng(0), policy, state))
     update.lower(shapes, batch, key).compile()
 
-    compiles = []
-    listener = lambda event, *_a, **_k: compiles.append(event)  # noqa: E731
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compiles() as compiled:
         state, metrics = update(jax.device_put(state, replicated), batch, key)
         jax.block_until_ready(metrics)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert "/jax/core/compile/backend_compile_duration" not in compiles, compiles
+    assert compiled == [], compiled
     assert int(state.step) == 1

@@ -13,6 +13,7 @@ import time
 
 import psutil
 import pytest
+from compiles import backend_compiles
 from runs import (
     DEBUG,
     ROOT,
@@ -136,17 +137,8 @@ def test_the_eval_step_compiled_ahead_serves_the_first_evaluation():
     compile_eval_step(policy, obs_space, train_state_shapes(policy, obs_space, optimizer), 3)
     state = jax.device_get(init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0)))
 
-    compiled = []
-
-    def listener(event, _secs, fun_name="", **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compiles() as compiled:
         returns = evaluate(config, policy, state.params, state.obs_stats, 3, seed=0)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert returns.shape == (3,) and (returns >= 8).all()  # CartPole lasts 8+ steps
     assert not [f for f in compiled if "step" in f], compiled
 
