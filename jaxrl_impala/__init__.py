@@ -28,6 +28,7 @@ _CORE = (
     "lambda_returns",
     "ppo_loss",
     "ppo_policy_loss",
+    "standardize",
     "value_loss",
     "vtrace",
 )
@@ -51,9 +52,11 @@ def __dir__() -> list[str]:
 def _register_envs() -> None:
     import gymnasium as gym
 
-    if "jaxrl_impala/Driving-v0" not in gym.registry:
+    from jaxrl_impala.config import DRIVING_ENV_ID
+
+    if DRIVING_ENV_ID not in gym.registry:
         gym.register(
-            id="jaxrl_impala/Driving-v0",
+            id=DRIVING_ENV_ID,
             entry_point="jaxrl_impala.envs.driving:DrivingEnv",
             max_episode_steps=None,  # the env truncates itself at its max_episode_steps
         )

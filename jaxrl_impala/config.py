@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+# The gymnasium id of the built-in DrivingEnv (registered when the package is imported).
+DRIVING_ENV_ID = "jaxrl_impala/Driving-v0"
+
 
 class ConfigError(ValueError):
     """A bad config key or value; the message is one line naming the key and the fix."""
@@ -34,7 +37,7 @@ class EnvConfig:
       (Box observations; 1: off).
     """
 
-    id: str = "jaxrl_impala/Driving-v0"
+    id: str = DRIVING_ENV_ID
     num_envs: int = 16
     kwargs: dict = dataclasses.field(default_factory=dict)
     max_episode_steps: int | None = None
@@ -464,6 +467,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return from_dict(data)
 
 
+def update_passes(lc: LearnerConfig) -> tuple[int, int]:
+    """``(epochs, minibatches)`` of one update: IMPALA takes one gradient step per batch."""
+    if lc.algo == "impala":
+        return 1, 1
+    return lc.epochs, lc.minibatches
+
+
 def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Batch sizes of the update, checked for divisibility.
 
@@ -488,7 +498,7 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
             f"learner processes (distributed.num_processes); make it a multiple"
         )
     batch = lc.batch_unrolls * config.env.num_envs
-    minibatches = 1 if lc.algo == "impala" else lc.minibatches
+    _, minibatches = update_passes(lc)
     if batch % minibatches:
         raise ConfigError(
             f"learner.minibatches={minibatches} does not divide the batch of {batch} columns "

@@ -14,26 +14,27 @@ import json
 import sys
 from pathlib import Path
 
+from jaxrl_impala.config import DRIVING_ENV_ID, ConfigError, load_config
+from jaxrl_impala.errors import TrainError
+from jaxrl_impala.io.checkpoints import Checkpointer
+
 
 def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
+    """The newest checkpoint of ``run_dir`` against the scripted and random drivers."""
     import jax
 
-    from jaxrl_impala.actor import DRIVING_ID, env_kwargs, env_spaces
-    from jaxrl_impala.config import load_config
-    from jaxrl_impala.learner import init_train_state, make_optimizer
-    from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train import Checkpointer, TrainError, evaluate
+    from jaxrl_impala.actor.envs import env_kwargs
+    from jaxrl_impala.train.evaluation import evaluate
+    from jaxrl_impala.train.setup import setup
 
     config = load_config(run_dir / "config.yaml")
-    obs_space, action_space, _ = env_spaces(config)
-    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
-    state = init_train_state(policy, obs_space, make_optimizer(config, 1), jax.random.PRNGKey(0))
-    restored = Checkpointer(run_dir).restore(state)
+    s = setup(config)
+    restored = Checkpointer(run_dir).restore(s.init_state(jax.random.PRNGKey(0)))
     if restored is None:
         raise TrainError(f"{run_dir}: no readable checkpoint")
     state, meta, path = restored
     ends: dict[str, int] = {}
-    returns = evaluate(config, policy, state.params, state.obs_stats, episodes, seed, ends)
+    returns = evaluate(config, s.policy, state.params, state.obs_stats, episodes, seed, ends)
     out = {
         "checkpoint": str(path),
         "env_steps": meta["env_steps"],
@@ -43,7 +44,7 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
         "agent_std": float(returns.std()),
         "agent_sem": float(returns.std() / max(1, episodes - 1) ** 0.5),
     }
-    if config.env.id == DRIVING_ID:
+    if config.env.id == DRIVING_ENV_ID:
         from jaxrl_impala.envs import reference_returns
 
         ref = reference_returns(episodes, seed=seed, **env_kwargs(config))
@@ -55,14 +56,23 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=2_000_000)
-    p.add_argument("--json", type=Path, help="also write the figures here")
+    p = argparse.ArgumentParser(
+        prog="python -m jaxrl_impala.evaluate",
+        description="Evaluate a run's newest checkpoint: greedy returns on held-out env seeds, "
+        "beside the scripted controller and random actions on the same seeds (DrivingEnv). "
+        "Prints one line per policy and the ratio to the scripted controller.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory (it holds config.yaml)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes, one env seed each")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=2_000_000,
+        help="first env seed (disjoint from training and from the trainer's evaluations)",
+    )
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    from jaxrl_impala.config import ConfigError
-    from jaxrl_impala.train import TrainError
 
     if not (args.run_dir / "config.yaml").is_file():
         print(f"error: {args.run_dir}: not a run directory (no config.yaml)", file=sys.stderr)

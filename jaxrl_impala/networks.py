@@ -210,3 +210,41 @@ def sample_obs(obs_space: gym.Space, lead: tuple[int, ...] = (1,)) -> Any:
     if isinstance(obs_space, gym.spaces.Dict):
         return {k: sample_obs(s, lead) for k, s in obs_space.spaces.items()}
     return jnp.zeros((*lead, *obs_space.shape), obs_space.dtype)
+
+
+# --------------------------------------------------------------------------- inference
+def policy_step_fn(policy: Policy, greedy: bool = False):
+    """``step(params, stats, obs [B, ...], key) -> (action, logp, dist_params, value)``: what
+    actors and evaluation call (greedy: the distribution's mode instead of a sample)."""
+
+    def step(params, stats, obs, key):
+        dist, value, dist_params = policy.apply(params, stats, obs)
+        action = dist.mode() if greedy else dist.sample(key)
+        return action, dist.log_prob(action), dist_params, value
+
+    return step
+
+
+def value_fn(policy: Policy):
+    """``value(params, stats, obs [B, ...]) -> [B]``."""
+
+    def value(params, stats, obs):
+        return policy.apply(params, stats, obs)[1]
+
+    return value
+
+
+def params_template(policy: Policy, obs_space: gym.Space) -> tuple[Any, ObsStats]:
+    """The params and obs stats as ``jax.ShapeDtypeStruct`` trees, from tracing alone: the
+    structure a receiver of published params unpacks them into."""
+    params = jax.eval_shape(policy.net.init, jax.random.PRNGKey(0), sample_obs(obs_space))
+    return params, jax.eval_shape(lambda: init_obs_stats(obs_space))
+
+
+def clip_to_space(action: Any, space: gym.Space) -> Any:
+    """An action as the env takes it: clipped to a Box space's bounds in its dtype (numpy or
+    jax), unchanged otherwise."""
+    if not isinstance(space, gym.spaces.Box):
+        return action
+    xp = np if isinstance(action, np.ndarray) else jnp
+    return xp.clip(action, space.low, space.high).astype(space.dtype)

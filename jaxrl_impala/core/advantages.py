@@ -24,10 +24,10 @@ class GAEReturns(NamedTuple):
 
 
 def gae(
+    discounts: jax.Array,
     rewards: jax.Array,
     values: jax.Array,
     bootstrap_value: jax.Array,
-    discounts: jax.Array,
     lambda_: float | jax.Array,
 ) -> GAEReturns:
     """Generalised advantage estimation (Schulman et al., 2015, arXiv:1506.02438)::
@@ -38,11 +38,13 @@ def gae(
     ``rewards[t]`` and ``discounts[t]`` belong to the transition ``x_t -> x_{t+1}``; set
     ``discounts[t] = 0`` where the episode terminates. Outputs are targets: no gradient.
 
+    The arrays come in `vtrace`'s order: discounts, rewards, values, bootstrap value.
+
     Args:
+      discounts: float [T, B] ``gamma * (1 - terminated_t)``.
       rewards: float [T, B].
       values: float [T, B] ``V(x_t)``.
       bootstrap_value: float [B] ``V(x_T)``.
-      discounts: float [T, B] ``gamma * (1 - terminated_t)``.
       lambda_: scalar or float [T, B].
 
     Returns:
@@ -61,8 +63,8 @@ def gae(
 
 
 def lambda_returns(
-    rewards: jax.Array,
     discounts: jax.Array,
+    rewards: jax.Array,
     values_tp1: jax.Array,
     lambda_: float | jax.Array,
 ) -> jax.Array:
@@ -75,15 +77,15 @@ def lambda_returns(
     TD target. No gradient flows through the result.
 
     Args:
-      rewards: float [T, B].
       discounts: float [T, B].
+      rewards: float [T, B].
       values_tp1: float [T, B] ``V(x_{t+1})``.
       lambda_: scalar or float [T, B].
 
     Returns:
       float [T, B] returns ``G_t``.
     """
-    chex.assert_rank([rewards, discounts, values_tp1], 2)
+    chex.assert_rank([discounts, rewards, values_tp1], 2)
     chex.assert_type([rewards, discounts, values_tp1], float)
     chex.assert_equal_shape([rewards, discounts, values_tp1])
 

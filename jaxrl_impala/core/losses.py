@@ -26,6 +26,11 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(var_targets > 1e-8, ev, 0.0)
 
 
+def standardize(x: jax.Array) -> jax.Array:
+    """``(x - mean(x)) / (std(x) + 1e-8)``: advantages normalised over the (mini)batch."""
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
 def ppo_policy_loss(
     logp: jax.Array,
     behaviour_logp: jax.Array,
@@ -147,10 +152,10 @@ def entropy_loss(entropy: jax.Array) -> tuple[jax.Array, Metrics]:
 def appo_loss(
     logp: jax.Array,
     behaviour_logp: jax.Array,
+    discounts: jax.Array,
+    rewards: jax.Array,
     values: jax.Array,
     bootstrap_value: jax.Array,
-    rewards: jax.Array,
-    discounts: jax.Array,
     entropy: jax.Array,
     *,
     clip_eps: float = 0.2,
@@ -171,10 +176,10 @@ def appo_loss(
     Args:
       logp: float [T, B] ``log pi(a_t|x_t)`` under the parameters being optimised.
       behaviour_logp: float [T, B] ``log mu(a_t|x_t)`` recorded by the actor.
+      discounts: float [T, B] ``gamma * (1 - terminated_t)``.
+      rewards: float [T, B].
       values: float [T, B] ``V(x_t)`` under the parameters being optimised.
       bootstrap_value: float [B] ``V(x_T)``.
-      rewards: float [T, B].
-      discounts: float [T, B] ``gamma * (1 - terminated_t)``.
       entropy: float [T, B] entropy of ``pi(.|x_t)``.
       clip_eps: PPO clipping range.
       value_coef: weight of the value loss.
@@ -204,7 +209,7 @@ def appo_loss(
     )
     advantages = targets.pg_advantages
     if normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = standardize(advantages)
     pg, pg_metrics = ppo_policy_loss(logp, behaviour_logp, advantages, clip_eps)
     vl, vl_metrics = value_loss(values, targets.vs)
     ent, ent_metrics = entropy_loss(entropy)

@@ -1,12 +1,11 @@
 """The built-in driving task: ``DrivingEnv``, ``DrivingVectorEnv`` and their config.
 
-Importing this package registers the gymnasium id ``jaxrl_impala/Driving-v0``::
+Importing ``jaxrl_impala`` registers the gymnasium id ``jaxrl_impala/Driving-v0``::
 
     env = gymnasium.make("jaxrl_impala/Driving-v0", obs_mode="vector", action_mode="continuous")
 """
 
-import gymnasium as gym
-
+from jaxrl_impala.config import DRIVING_ENV_ID as ENV_ID
 from jaxrl_impala.envs.config import REWARD_TERMS, DrivingConfig
 from jaxrl_impala.envs.driving import (
     DrivingEnv,
@@ -15,16 +14,7 @@ from jaxrl_impala.envs.driving import (
     reference_returns,
 )
 
-ENV_ID = "jaxrl_impala/Driving-v0"
-
-if ENV_ID not in gym.registry:
-    gym.register(
-        id=ENV_ID,
-        entry_point="jaxrl_impala.envs.driving:DrivingEnv",
-        # the env truncates itself at config.max_episode_steps (reported in info), so no
-        # TimeLimit wrapper is added on top
-        max_episode_steps=None,
-    )
+# Importing the package root (always done first) registered ENV_ID with gymnasium.
 
 
 def __getattr__(name: str):

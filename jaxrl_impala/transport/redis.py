@@ -355,7 +355,8 @@ class RedisQueue:
     """The learner's end of the Redis unroll queue; it owns the keys under ``prefix``.
 
     Create with `RedisQueue.create`; actors connect with `RedisProducer.connect`. Use `get`
-    from one thread (a daemon thread keeps the learner heartbeat alive).
+    from one thread (a daemon thread keeps the learner heartbeat alive). Other learner
+    processes of a multi-process run consume from the same keys with `RedisQueue.attach`.
     """
 
     def __init__(
@@ -363,12 +364,13 @@ class RedisQueue:
         client: redis.Redis,
         keys: _Keys,
         where: str,
+        *,
         bound: int,
         overflow: str,
         max_frame_bytes: int,
         spec: FrameSpec | None,
         batch: int,
-        token: str,
+        token: str | None,
     ):
         self._client = client
         self._keys = keys
@@ -386,15 +388,18 @@ class RedisQueue:
         self._count_base = {"put": 0, "dropped": 0}  # carried over server restarts
         self._qsize = 0
         self._closed = False
-        fields = _learner_fields(bound, overflow == "drop_oldest", max_frame_bytes, token)
+        self.owner = token is not None  # claimed the keys (else attached to an owner's)
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=_heartbeat_loop,
-            args=(client, keys, where, token, fields, self._stop),
-            name=f"redis-heartbeat-{keys.prefix}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = None
+        if self.owner:
+            fields = _learner_fields(bound, overflow == "drop_oldest", max_frame_bytes, token)
+            self._thread = threading.Thread(
+                target=_heartbeat_loop,
+                args=(client, keys, where, token, fields, self._stop),
+                name=f"redis-heartbeat-{keys.prefix}",
+                daemon=True,
+            )
+            self._thread.start()
         self._finalizer = weakref.finalize(self, _stop_thread, self._stop, self._thread)
 
     @classmethod
@@ -454,7 +459,43 @@ class RedisQueue:
                 f"(pid {pid} on {host}); stop it, wait {HEARTBEAT_TTL_MS // 1000}s if it was "
                 "killed, or choose another transport.prefix"
             )
-        return cls(client, keys, where, bound, overflow, max_frame_bytes, spec, batch, token)
+        return cls(
+            client,
+            keys,
+            where,
+            bound=bound,
+            overflow=overflow,
+            max_frame_bytes=max_frame_bytes,
+            spec=spec,
+            batch=batch,
+            token=token,
+        )
+
+    @classmethod
+    def attach(
+        cls,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        spec: FrameSpec | None = None,
+        batch: int = 4,
+    ) -> RedisQueue:
+        """Another learner process's end of the queue that process 0 created: it pops and
+        validates frames as the owner does, but claims nothing, runs no heartbeat, and its
+        `close` leaves the keys alone. Its `stats` count only its own frames (the queue's
+        put and drop counters are the owner's to report)."""
+        client = connect(url, client_name=f"jaxrl_impala-learner-{os.getpid()}")
+        return cls(
+            client,
+            _Keys(prefix),
+            mask_url(url),
+            bound=0,
+            overflow="block",
+            max_frame_bytes=0,
+            spec=spec,
+            batch=max(1, batch),
+            token=None,
+        )
 
     @property
     def prefix(self) -> str:
@@ -464,6 +505,8 @@ class RedisQueue:
     def stats(self) -> dict[str, int]:
         """``got``, ``frames_rejected``, ``unrolls_dropped`` and ``put`` (counted on the
         server, accumulated across server restarts) and ``reconnects``."""
+        if not self.owner:
+            return {"got": self._got, "frames_rejected": self._rejected}
         if not self._closed:
             self._read_counts()
         return {
@@ -567,6 +610,11 @@ class RedisQueue:
         """Write ``P:closed`` (producers' `put` returns False from now on), delete the queue's
         keys and stop the heartbeat. Best effort when the server is down. Idempotent."""
         if self._closed:
+            return
+        if not self.owner:
+            self._closed = True
+            self._buffer.clear()
+            self._client.close()
             return
         self._read_counts()  # final counters survive close
         self._finalizer()  # stops the heartbeat thread

@@ -2,9 +2,9 @@
 ones, concatenate them, and (on a thread, while the update runs) stage the next batch.
 
 The learner's host work per update (copying k frames out of the queue, concatenating
-them, the host-to-device copy, the episode statistics) is a few percent of an update on
-a small CPU machine; :class:`Prefetcher` does it for update v+1 while update v runs, so the
-learner's thread goes from one update straight to the next.
+them, the host-to-device copy, the episode statistics) is small but on the update's path;
+:class:`Prefetcher` does it for update v+1 while update v runs, so the learner's thread goes
+from one update straight to the next.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from jaxrl_impala import unroll
 
 
 @dataclass
@@ -59,21 +61,6 @@ def take_unrolls(
     return taken, dropped
 
 
-def concat_unrolls(unrolls: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Unrolls' frame arrays (``[T(+1), B, ...]`` each) side by side: ``[T(+1), N, ...]``."""
-    return {n: np.concatenate([u[n] for u in unrolls], axis=1) for n in unrolls[0]}
-
-
-def to_batch(cat: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Concatenated frame arrays -> the update's batch (``obs`` a pytree for dict obs)."""
-    from jaxrl_impala.actor import obs_from_fields
-    from jaxrl_impala.learner import BATCH_KEYS
-
-    batch = {n: cat[n] for n in BATCH_KEYS if n != "obs"}
-    batch["obs"] = obs_from_fields(cat)
-    return batch
-
-
 @dataclass
 class Staged:
     """A batch ready for the update, and what the learner logs about its unrolls.
@@ -93,14 +80,14 @@ class Staged:
 
 def stage(taken: list[Taken], put_batch: Callable, term_names: tuple[str, ...]) -> Staged:
     """Concatenates the unrolls and puts the batch on the device(s)."""
-    cat = concat_unrolls([t.arrays for t in taken])
+    cat = unroll.concat([t.arrays for t in taken])
     done = ~np.isnan(cat["episode_return"])
     terms = {}
     if "episode_terms" in cat and done.any():
         ends = cat["episode_terms"][done]  # [episodes, K]
         terms = {n: float(ends[:, j].mean()) for j, n in enumerate(term_names)}
     return Staged(
-        batch=put_batch(to_batch(cat)),
+        batch=put_batch(unroll.batch_from_frame(cat)),
         policy_versions=[t.policy_version for t in taken],
         episode_returns=cat["episode_return"][done].astype(np.float64),
         episode_terms=terms,

@@ -1,12 +1,31 @@
-"""Vector-env wrappers the trainer applies by config."""
+"""Vector-env helpers and wrappers the actors apply by config."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gymnasium as gym
+import jax
 import numpy as np
 from gymnasium.vector.utils import batch_space
+
+
+def final_observations(info: dict, obs: Any, mask: np.ndarray) -> Any:
+    """The final observation of every env whose episode just ended (``obs`` elsewhere)."""
+    final = info.get("final_obs")
+    if final is None:
+        return obs
+    if isinstance(final, np.ndarray) and final.dtype == object:
+        rows = [final[i] if mask[i] else None for i in range(len(mask))]
+        if isinstance(obs, dict):
+            return {
+                k: np.stack([r[k] if r is not None else obs[k][i] for i, r in enumerate(rows)])
+                for k in obs
+            }
+        return np.stack([r if r is not None else obs[i] for i, r in enumerate(rows)])
+    return jax.tree.map(
+        lambda f, o: np.where(mask.reshape((-1,) + (1,) * (o.ndim - 1)), f, o), final, obs
+    )
 
 
 class FrameStack(gym.vector.VectorWrapper):
@@ -46,8 +65,6 @@ class FrameStack(gym.vector.VectorWrapper):
         return self._stacked(self._frames), info
 
     def step(self, actions):
-        from jaxrl_impala.actor import final_observations
-
         if self._frames is None:
             raise RuntimeError("FrameStack: call reset() first")
         obs, reward, term, trunc, info = self.env.step(actions)

@@ -17,10 +17,6 @@ trainer calls. Must run before anything else touches JAX.
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -73,12 +69,6 @@ def shutdown() -> None:
         jax.distributed.shutdown()
 
 
-def is_multiprocess() -> bool:
-    import jax
-
-    return jax.process_count() > 1
-
-
 def agree_stop(local_stop: bool) -> bool:
     """True on every process if any process wants to stop (one tiny all-gather)."""
     import jax
@@ -122,75 +112,3 @@ def start_host_copy(tree: Any) -> None:
         if isinstance(x, jax.Array):
             x = x if x.is_fully_addressable else x.addressable_data(0)
             x.copy_to_host_async()
-
-
-class SharedRedisConsumer:
-    """Another learner process's end of the Redis unroll queue that process 0 owns.
-
-    Process 0's `RedisQueue` claims ``{prefix}:*``, runs the heartbeat actors check and counts
-    drops; the other processes only pop (``LPOP`` up to `batch` per round trip, else a short
-    ``BLPOP``) and validate every frame against the same `FrameSpec`, counting rejects.
-    Never closes the queue: the owner does. Reconnects are left to the owner's semantics: a
-    lost server makes `get` return None until it is back.
-    """
-
-    def __init__(self, url: str, prefix: str, spec, batch: int = 4):
-        from jaxrl_impala.transport.redis import connect
-
-        self._client = connect(url, client_name=f"jaxrl_impala-learner-{os.getpid()}")
-        self._key = f"{prefix}:unrolls"
-        self.spec = spec
-        self.batch = max(1, batch)
-        self._buffer: deque[bytes] = deque()
-        self._got = self._rejected = 0
-        self._retry_at = 0.0
-
-    @property
-    def stats(self) -> dict[str, int]:
-        # The queue's put/dropped counters are global: process 0 reports them.
-        return {"got": self._got, "frames_rejected": self._rejected}
-
-    def qsize(self) -> int:
-        try:
-            return int(self._client.llen(self._key))
-        except Exception:  # noqa: BLE001 - a depth gauge, never fatal
-            return 0
-
-    def get(self, timeout: float | None = None):
-        from jaxrl_impala.transport.codec import decode
-
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while True:
-            while self._buffer:
-                try:
-                    frame = decode(self._buffer.popleft(), spec=self.spec)
-                except Exception:  # noqa: BLE001 - a hostile frame is counted, never raised
-                    self._rejected += 1
-                    continue
-                self._got += 1
-                return frame
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return None
-            if now < self._retry_at:
-                time.sleep(min(self._retry_at - now, 0.05))
-                continue
-            try:
-                items = self._client.lpop(self._key, self.batch)
-                if items:
-                    self._buffer.extend(items)
-                    continue
-                wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                if wait >= 0.002:
-                    got = self._client.blpop([self._key], min(wait, 1.0))
-                    if got:
-                        self._buffer.append(got[1])
-            except Exception as e:  # noqa: BLE001 - server down: back off, like the owner
-                print(f"redis consumer: {' '.join(str(e).split())}", file=sys.stderr)
-                self._retry_at = time.monotonic() + 0.5
-
-    def release(self, frame) -> None:
-        """Nothing to hand back: every frame owns its buffer."""
-
-    def close(self) -> None:
-        self._client.close()

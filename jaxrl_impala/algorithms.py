@@ -1,0 +1,209 @@
+"""The three algorithms as loss builders made from `jaxrl_impala.core`.
+
+Each algorithm is an :class:`Algorithm`: ``prepare(params, stats, data) -> data`` runs once
+per batch before the epochs (PPO computes its GAE targets and the pre-update log-probs
+there), and ``loss(params, stats, minibatch) -> (loss, metrics)`` is what the optimiser
+differentiates. The learner chooses the algorithm once, with :func:`make_algorithm`.
+
+The data the learner hands both (every leaf ``[T(+1), N, ...]``, time-major):
+  obs [T+1, N, ...], actions [T, N, ...], behaviour_logp [T, N], behaviour_dist [T, N, P],
+  rewards [T, N] (scaled, clipped, truncation bootstraps folded in: :func:`prepare_rewards`),
+  discounts [T, N] (``gamma``, 0 at every episode end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl_impala.config import LearnerConfig, update_passes
+from jaxrl_impala.core import (
+    appo_loss,
+    entropy_loss,
+    gae,
+    impala_pg_loss,
+    ppo_policy_loss,
+    standardize,
+    value_loss,
+    vtrace,
+)
+from jaxrl_impala.networks import Policy
+
+Data = dict[str, Any]
+LossFn = Callable[[Any, Any, Data], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class Algorithm(NamedTuple):
+    """What the update needs to know of an algorithm.
+
+    Attributes:
+      loss: ``(params, stats, minibatch) -> (loss, metrics)``, to minimise.
+      prepare: ``(params, stats, data) -> data`` once per batch, before the epochs.
+      epochs: passes over each batch.
+      minibatches: minibatches per pass.
+    """
+
+    loss: LossFn
+    prepare: Callable[[Any, Any, Data], Data]
+    epochs: int
+    minibatches: int
+
+
+def prepare_rewards(batch: Data, lc: LearnerConfig) -> tuple[jax.Array, jax.Array]:
+    """Rewards (scaled, clipped, with truncation bootstraps folded in) and discounts.
+
+    At a time-limit end the final observation's value is added to the reward and the trace
+    is cut there, since ``obs[t+1]`` already belongs to the next episode.
+
+    Args:
+      batch: ``rewards``, ``terminated``, ``truncated``, ``truncation_value``, each [T, N].
+      lc: the learner config (``reward_scale``, ``reward_clip``, ``gamma``).
+
+    Returns:
+      ``(rewards, discounts)``, float32 [T, N] each.
+    """
+    rewards = batch["rewards"] * lc.reward_scale
+    if lc.reward_clip is not None:
+        rewards = jnp.clip(rewards, -lc.reward_clip, lc.reward_clip)
+    truncated = batch["truncated"] & ~batch["terminated"]
+    rewards = rewards + lc.gamma * truncated * batch["truncation_value"]
+    discounts = lc.gamma * (1.0 - (batch["terminated"] | batch["truncated"]))
+    return rewards.astype(jnp.float32), discounts.astype(jnp.float32)
+
+
+def _heads(policy: Policy, params, stats, data: Data):
+    """(dist over the T acting steps, values [T, N], bootstrap value [N])."""
+    dist, values, _ = policy.apply(params, stats, data["obs"])
+    head = jax.tree.map(lambda x: x[:-1], dist)
+    return head, values[:-1], values[-1]
+
+
+def _kl_behaviour(policy: Policy, data: Data, head) -> jax.Array:
+    return jnp.mean(policy.make_dist(data["behaviour_dist"]).kl(head))
+
+
+def _no_prepare(params, stats, data: Data) -> Data:
+    return data
+
+
+def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
+    """APPO: PPO's clipped surrogate on V-trace advantages (`core.appo_loss`)."""
+
+    def loss(params, stats, mb: Data):
+        head, values, bootstrap = _heads(policy, params, stats, mb)
+        logp = head.log_prob(mb["actions"])
+        total, metrics = appo_loss(
+            logp,
+            mb["behaviour_logp"],
+            mb["discounts"],
+            mb["rewards"],
+            values,
+            bootstrap,
+            head.entropy(),
+            clip_eps=lc.clip_eps,
+            value_coef=lc.value_coef,
+            entropy_coef=lc.entropy_coef,
+            clip_rho_threshold=lc.clip_rho_threshold,
+            clip_c_threshold=lc.clip_c_threshold,
+            clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
+            lambda_=lc.lambda_,
+            normalize_advantages=lc.normalize_advantages,
+        )
+        return total, {**metrics, "kl_behaviour": _kl_behaviour(policy, mb, head)}
+
+    return Algorithm(loss, _no_prepare, *update_passes(lc))
+
+
+def make_impala(policy: Policy, lc: LearnerConfig) -> Algorithm:
+    """IMPALA: the V-trace policy gradient (Espeholt et al., 2018, arXiv:1802.01561)."""
+
+    def loss(params, stats, mb: Data):
+        head, values, bootstrap = _heads(policy, params, stats, mb)
+        logp = head.log_prob(mb["actions"])
+        log_rhos = jax.lax.stop_gradient(logp - mb["behaviour_logp"])
+        targets = vtrace(
+            log_rhos,
+            mb["discounts"],
+            mb["rewards"],
+            jax.lax.stop_gradient(values),
+            jax.lax.stop_gradient(bootstrap),
+            clip_rho_threshold=lc.clip_rho_threshold,
+            clip_c_threshold=lc.clip_c_threshold,
+            clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
+            lambda_=lc.lambda_,
+        )
+        pg, pg_m = impala_pg_loss(logp, targets.pg_advantages)
+        vl, vl_m = value_loss(values, targets.vs)
+        ent, ent_m = entropy_loss(head.entropy())
+        total = pg + lc.value_coef * vl + lc.entropy_coef * ent
+        rhos = jnp.exp(log_rhos)
+        metrics = {
+            "loss": total,
+            "policy_loss": pg,
+            "value_loss": vl,
+            "rho_mean": rhos.mean(),
+            "rho_max": rhos.max(),
+            "kl_behaviour": _kl_behaviour(policy, mb, head),
+            **pg_m,
+            **vl_m,
+            **ent_m,
+        }
+        return total, metrics
+
+    return Algorithm(loss, _no_prepare, *update_passes(lc))
+
+
+def make_ppo(policy: Policy, lc: LearnerConfig) -> Algorithm:
+    """PPO (Schulman et al., 2017, arXiv:1707.06347): GAE targets and the pre-update
+    log-probs from the params the batch arrives at, then the clipped surrogate."""
+
+    def prepare(params, stats, data: Data) -> Data:
+        head, values, bootstrap = _heads(policy, params, stats, data)
+        old = gae(data["discounts"], data["rewards"], values, bootstrap, lc.lambda_)
+        return {
+            **data,
+            "advantages": old.advantages,
+            "returns": old.returns,
+            "old_logp": jax.lax.stop_gradient(head.log_prob(data["actions"])),
+            "old_values": jax.lax.stop_gradient(values),
+        }
+
+    def loss(params, stats, mb: Data):
+        head, values, _ = _heads(policy, params, stats, mb)
+        logp = head.log_prob(mb["actions"])
+        adv = mb["advantages"]
+        if lc.normalize_advantages:
+            adv = standardize(adv)
+        pg, pg_m = ppo_policy_loss(logp, mb["old_logp"], adv, lc.clip_eps)
+        vl, vl_m = value_loss(
+            values, mb["returns"], behaviour_values=mb["old_values"], clip_eps=lc.value_clip_eps
+        )
+        ent, ent_m = entropy_loss(head.entropy())
+        total = pg + lc.value_coef * vl + lc.entropy_coef * ent
+        metrics = {
+            "loss": total,
+            "policy_loss": pg,
+            "value_loss": vl,
+            "kl_behaviour": _kl_behaviour(policy, mb, head),
+            **pg_m,
+            **vl_m,
+            **ent_m,
+        }
+        return total, metrics
+
+    return Algorithm(loss, prepare, *update_passes(lc))
+
+
+ALGORITHMS: dict[str, Callable[[Policy, LearnerConfig], Algorithm]] = {
+    "appo": make_appo,
+    "impala": make_impala,
+    "ppo": make_ppo,
+}
+
+
+def make_algorithm(policy: Policy, lc: LearnerConfig) -> Algorithm:
+    """The :class:`Algorithm` that ``learner.algo`` names."""
+    return ALGORITHMS[lc.algo](policy, lc)

@@ -1,0 +1,1 @@
+"""A run's outputs: run directory, metrics, checkpoints, progress line and plots."""
