@@ -53,7 +53,7 @@ def vtrace(
     return vs, pg
 
 
-def gae(rewards, values, bootstrap_value, discounts, lambda_):
+def gae(discounts, rewards, values, bootstrap_value, lambda_):
     """A_t = sum_l (prod_{i<l} gamma_{t+i} lambda) delta_{t+l}, written out as a double sum."""
     rewards, values, discounts = (np.asarray(x, np.float64) for x in (rewards, values, discounts))
     t_len, b_len = rewards.shape

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_impala.actor import Rollout, flatten_params, restart_seed
+from jaxrl_impala.actor.rollout import Rollout, restart_seed
 from jaxrl_impala.config import load_config
+from jaxrl_impala.unroll import params_to_frame as flatten_params
 
 
 def _first_unroll(incarnation: int) -> dict:
@@ -126,7 +127,7 @@ def test_warm_up_compiles_what_the_unrolls_call_and_changes_nothing(fused):
 def test_the_address_on_stdin_is_one_json_object_and_end_of_input_means_stop(monkeypatch):
     import io
 
-    from jaxrl_impala.actor import _address_from_stdin
+    from jaxrl_impala.actor.process import address_from_stdin as _address_from_stdin
 
     monkeypatch.setattr("sys.stdin", io.StringIO('{"kind": "shm", "name": "x"}\n'))
     assert _address_from_stdin() == {"kind": "shm", "name": "x"}

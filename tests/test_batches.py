@@ -7,7 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from jaxrl_impala.batches import InlineBatches, Prefetcher, batch_source, stage, take_unrolls
+from jaxrl_impala.learner.batches import (
+    InlineBatches,
+    Prefetcher,
+    batch_source,
+    stage,
+    take_unrolls,
+)
 from jaxrl_impala.transport.codec import Frame
 
 T, B, K = 3, 2, 2  # unroll length, envs per unroll, reward terms
@@ -140,7 +146,7 @@ def _wait_until(predicate, timeout: float = 5.0) -> None:
 def test_prefetcher_hands_over_batches_in_order_and_stays_one_batch_ahead():
     items = [unroll(i, index=i) for i in range(8)]
     queue = FakeQueue(items)
-    prefetch = Prefetcher(queue, 2, 0, lambda b: b, TERMS)
+    prefetch = Prefetcher(InlineBatches(queue, 2, 0, lambda b: b, TERMS))
     try:
         assert queue.remaining() == 8  # nothing is taken before the first ask
         first = prefetch.next(0, always)
@@ -162,7 +168,9 @@ def test_prefetcher_hands_over_batches_in_order_and_stays_one_batch_ahead():
 
 
 def test_prefetcher_raises_the_queue_error_in_the_learner_thread():
-    prefetch = Prefetcher(FakeQueue([unroll(0)] * 4, fail_at=3), 2, 0, lambda b: b, TERMS)
+    prefetch = Prefetcher(
+        InlineBatches(FakeQueue([unroll(0)] * 4, fail_at=3), 2, 0, lambda b: b, TERMS)
+    )
     try:
         assert prefetch.next(0, always) is not None
         deadline = time.monotonic() + 10.0
@@ -173,7 +181,7 @@ def test_prefetcher_raises_the_queue_error_in_the_learner_thread():
 
 
 def test_prefetcher_returns_none_when_told_to_stop_and_close_joins_its_thread():
-    prefetch = Prefetcher(FakeQueue([]), 2, 0, lambda b: b, TERMS)
+    prefetch = Prefetcher(InlineBatches(FakeQueue([]), 2, 0, lambda b: b, TERMS))
     asked = []
 
     def a_few_times() -> bool:

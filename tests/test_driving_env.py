@@ -212,10 +212,11 @@ def test_pedestrian_tracks_match_a_loop_over_pedestrians():
 
 
 def test_evaluation_counts_how_each_episode_ended(vec_env):
-    from jaxrl_impala.actor import env_spaces
+    from jaxrl_impala.actor.envs import env_spaces
     from jaxrl_impala.config import load_config
     from jaxrl_impala.networks import make_policy, sample_obs
-    from jaxrl_impala.train import _greedy_step, evaluate
+    from jaxrl_impala.train.evaluation import evaluate
+    from jaxrl_impala.train.evaluation import greedy_step as _greedy_step
 
     kwargs = ",".join(f"{k}: {v}" for k, v in SHORT.items())
     config = load_config(None, [f"env.kwargs={{{kwargs}}}", "network.hidden=[8]"])

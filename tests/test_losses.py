@@ -124,10 +124,10 @@ def test_appo_loss_combines_vtrace_and_ppo():
     loss, m = appo_loss(
         logp,
         blogp,
+        x["discounts"],
+        x["rewards"],
         x["values"],
         x["bootstrap_value"],
-        x["rewards"],
-        x["discounts"],
         entropy,
         clip_eps=0.2,
         value_coef=0.5,
@@ -153,7 +153,7 @@ def test_appo_gradient_flows_to_logp_and_values_only_through_the_losses():
 
     def f(logp, values):
         return appo_loss(
-            logp, blogp, values, x["bootstrap_value"], x["rewards"], x["discounts"], entropy
+            logp, blogp, x["discounts"], x["rewards"], values, x["bootstrap_value"], entropy
         )[0]
 
     g_logp, g_values = jax.grad(f, argnums=(0, 1))(blogp + 0.05, x["values"])

@@ -26,7 +26,7 @@ from runs import (
     train_cmd,
 )
 
-from jaxrl_impala.cpus import split_cpus
+from jaxrl_impala.runtime.cpus import split_cpus
 
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 
@@ -50,7 +50,7 @@ def test_wall_time_counts_from_the_process_start_including_imports():
     # would miss that half second, and one in the future would make it negative.
     code = (
         "import time; t = time.time(); time.sleep(0.5)\n"
-        "from jaxrl_impala.train import START_TIME\n"
+        "from jaxrl_impala.io.rundir import START_TIME\n"
         "print(t - START_TIME)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -59,7 +59,7 @@ def test_wall_time_counts_from_the_process_start_including_imports():
 
 
 def test_newest_checkpoint_steps_reads_the_newest_name(tmp_path):
-    from jaxrl_impala.train import newest_checkpoint_steps
+    from jaxrl_impala.io.checkpoints import newest_checkpoint_steps
 
     assert newest_checkpoint_steps(tmp_path) == 0
     for steps in (4096, 123456, 8192):
@@ -71,7 +71,7 @@ def test_newest_checkpoint_steps_reads_the_newest_name(tmp_path):
 def test_the_compile_cache_keeps_sub_second_compiles(tmp_path):
     code = (
         "import sys, jax\n"
-        "from jaxrl_impala.compile_cache import use_compile_cache\n"
+        "from jaxrl_impala.runtime.compile_cache import use_compile_cache\n"
         "use_compile_cache(sys.argv[1])\n"
         "jax.jit(lambda x: x * 2.0 + 1.0)(1.0).block_until_ready()\n"
     )
@@ -81,11 +81,11 @@ def test_the_compile_cache_keeps_sub_second_compiles(tmp_path):
 
 
 def test_in_turn_holds_a_second_process_until_the_first_is_done(tmp_path):
-    from jaxrl_impala.compile_cache import in_turn
+    from jaxrl_impala.runtime.compile_cache import in_turn
 
     code = (
         "import sys\n"
-        "from jaxrl_impala.compile_cache import in_turn\n"
+        "from jaxrl_impala.runtime.compile_cache import in_turn\n"
         "print('ready', flush=True)\n"
         "with in_turn(sys.argv[1]):\n"
         "    print('in', flush=True)\n"
@@ -108,8 +108,8 @@ def test_in_turn_holds_a_second_process_until_the_first_is_done(tmp_path):
 )
 def test_actors_take_turns_unless_each_has_a_cpu(tmp_path, num_actors, actor_cpus, own):
     from jaxrl_impala.config import load_config
-    from jaxrl_impala.cpus import ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV
-    from jaxrl_impala.train import ActorSupervisor
+    from jaxrl_impala.runtime.cpus import ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV
+    from jaxrl_impala.runtime.supervisor import ActorSupervisor
 
     config = load_config(None, [f"actors.num={num_actors}"])
     supervisor = ActorSupervisor(config, tmp_path, actor_cpus=actor_cpus)
@@ -124,11 +124,11 @@ def test_actors_take_turns_unless_each_has_a_cpu(tmp_path, num_actors, actor_cpu
 def test_the_eval_step_compiled_ahead_serves_the_first_evaluation():
     import jax
 
-    from jaxrl_impala.actor import env_spaces
+    from jaxrl_impala.actor.envs import env_spaces
     from jaxrl_impala.config import load_config
     from jaxrl_impala.learner import init_train_state, make_optimizer, train_state_shapes
     from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train import compile_eval_step, evaluate
+    from jaxrl_impala.train.evaluation import compile_eval_step, evaluate
 
     config = load_config(None, ["env.id=CartPole-v1", "network.hidden=[8]"])
     obs_space, action_space, _ = env_spaces(config)

@@ -91,8 +91,8 @@ def test_on_policy_equals_lambda_returns(lambda_):
     x["log_rhos"] = np.zeros_like(x["log_rhos"])
     vs = _vtrace_jit(**x, **CLIPS[1], lambda_=lambda_).vs
     values_tp1 = np.concatenate([x["values"][1:], x["bootstrap_value"][None]])
-    expected = lambda_returns(x["rewards"], x["discounts"], values_tp1, lambda_)
-    gae_returns = gae(x["rewards"], x["values"], x["bootstrap_value"], x["discounts"], lambda_)
+    expected = lambda_returns(x["discounts"], x["rewards"], values_tp1, lambda_)
+    gae_returns = gae(x["discounts"], x["rewards"], x["values"], x["bootstrap_value"], lambda_)
     np.testing.assert_allclose(vs, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(vs, gae_returns.returns, rtol=1e-5, atol=1e-5)
 

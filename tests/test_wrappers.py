@@ -6,9 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from jaxrl_impala.actor import final_observations, make_vector_env
+from jaxrl_impala.actor.envs import make_vector_env
 from jaxrl_impala.config import ConfigError, load_config
-from jaxrl_impala.wrappers import FrameStack
+from jaxrl_impala.envs.wrappers import FrameStack, final_observations
 
 
 def _vec(n):

@@ -132,8 +132,8 @@ class InlineBatches:
 
 
 class Prefetcher:
-    """The learner's batches, each taken and staged on a thread while the update before it
-    runs.
+    """The batches of an :class:`InlineBatches`, each taken and staged on a thread while the
+    update before it runs.
 
     ``next`` hands over the staged batch and asks the thread for the following one at
     once. No more than one batch waits, so prefetching adds at most one version to the
@@ -142,15 +142,8 @@ class Prefetcher:
     (call it before closing the queue).
     """
 
-    def __init__(
-        self,
-        queue: Any,
-        k: int,
-        max_policy_lag: int,
-        put_batch: Callable,
-        term_names: tuple[str, ...],
-    ):
-        self._inline = InlineBatches(queue, k, max_policy_lag, put_batch, term_names)
+    def __init__(self, inline: InlineBatches):
+        self._inline = inline
         self._version = 0
         self._stop = threading.Event()
         self._wanted = threading.Semaphore(0)  # the first ``next`` asks for the first batch
@@ -214,7 +207,6 @@ def batch_source(
     """The learner's batch source: a :class:`Prefetcher` when ``overlap`` is asked for and
     allowed (one process, not deterministic), else :class:`InlineBatches` (in actor and
     unroll order when ``deterministic``)."""
-    args = (queue, k, max_policy_lag, put_batch, term_names)
-    if overlap and not deterministic and num_processes == 1:
-        return Prefetcher(*args)
-    return InlineBatches(*args, ordered=deterministic)
+    prefetch = overlap and not deterministic and num_processes == 1
+    inline = InlineBatches(queue, k, max_policy_lag, put_batch, term_names, ordered=deterministic)
+    return Prefetcher(inline) if prefetch else inline

@@ -86,7 +86,7 @@ class RunState:
     version: int = 0
     episodes: int = 0
     counters: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    wall0: float = 0.0  # wall_time_s counts from here
+    wall0: float = dataclasses.field(default_factory=time.time)  # wall_time_s counts from here
     # the counters' values when this process started (a resumed run continues them)
     counters_at_start: dict[str, int] = dataclasses.field(default_factory=dict)
     # the logging window

@@ -16,7 +16,7 @@ def _run_with_checkpoints(run_dir, steps=2048):
 
 
 def test_resume_falls_back_from_a_corrupt_latest_checkpoint(tmp_path):
-    from jaxrl_impala.train import Checkpointer
+    from jaxrl_impala.io.checkpoints import Checkpointer
 
     run_dir = tmp_path / "run"
     _run_with_checkpoints(run_dir)
@@ -46,7 +46,7 @@ def test_resume_with_no_readable_checkpoint_or_no_run_dir_is_one_line(tmp_path):
     ]
     run_dir = tmp_path / "run"
     _run_with_checkpoints(run_dir, steps=512)
-    from jaxrl_impala.train import Checkpointer
+    from jaxrl_impala.io.checkpoints import Checkpointer
 
     for path in Checkpointer(run_dir).list():
         (path / "state.msgpack").write_bytes(b"garbage")
@@ -61,11 +61,13 @@ def test_resume_with_no_readable_checkpoint_or_no_run_dir_is_one_line(tmp_path):
 _DISK_FULL = textwrap.dedent(
     """
     import sys
-    import jaxrl_impala.train as t
+    import jaxrl_impala.io.checkpoints as c
+    import jaxrl_impala.io.metrics as m
+    from jaxrl_impala.train.__main__ import main
 
     what = sys.argv[1]
     if what == "checkpoints":
-        real, calls = t.atomic_write, []
+        real, calls = c.atomic_write, []
 
         def atomic_write(path, data):
             if path.name == "state.msgpack":
@@ -76,16 +78,16 @@ _DISK_FULL = textwrap.dedent(
                         f.flush()
             real(path, data)
 
-        t.atomic_write = atomic_write
+        c.atomic_write = atomic_write
     else:
-        init = t.MetricsLog.__init__
+        init = m.MetricsLog.__init__
 
         def metrics_init(self, run_dir):
             init(self, run_dir)
             self.file = open("/dev/full", "a", buffering=1)
 
-        t.MetricsLog.__init__ = metrics_init
-    sys.exit(t.main(sys.argv[2:]))
+        m.MetricsLog.__init__ = metrics_init
+    sys.exit(main(sys.argv[2:]))
     """
 )
 
@@ -98,7 +100,7 @@ def _disk_full(what, *args):
 
 
 def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path):
-    from jaxrl_impala.train import Checkpointer
+    from jaxrl_impala.io.checkpoints import Checkpointer
 
     run_dir = tmp_path / "run"
     out = _disk_full(
@@ -122,7 +124,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_disk_full_while_logging_metrics_is_reported_once_and_training_goes_on(tmp_path):
-    from jaxrl_impala.train import Checkpointer
+    from jaxrl_impala.io.checkpoints import Checkpointer
 
     run_dir = tmp_path / "run"
     out = _disk_full(

@@ -1,0 +1,93 @@
+"""The training loop, driven in-process (tests/inprocess.py): an in-memory transport and
+actors stepped in this process, no subprocess. Faults are injected here, in the tests: the
+update is wrapped so that chosen updates see NaN rewards."""
+
+import math
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from inprocess import STEPS_PER_UPDATE, run_in_process
+
+from jaxrl_impala.errors import TrainError
+from jaxrl_impala.io.checkpoints import Checkpointer
+
+
+def poison(update, bad_updates):
+    """``update`` with NaN rewards in the updates numbered (1-based) in ``bad_updates``."""
+    calls = [0]
+
+    def poisoned(state, batch, key):
+        calls[0] += 1
+        if calls[0] in bad_updates:
+            batch = {**batch, "rewards": batch["rewards"] * jnp.nan}
+        return update(state, batch, key)
+
+    return poisoned
+
+
+def test_the_loop_trains_evaluates_and_checkpoints_in_process(tmp_path):
+    code, records, loop = run_in_process(
+        tmp_path, ["train.total_env_steps=1024", "eval.every_env_steps=512"]
+    )
+    assert code == 0
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_return_mean" in r]
+    # deterministic: a line per update, evaluations at 512 and 1024 env steps, a final line
+    assert [r["env_steps"] for r in train] == list(range(64, 1025, 64))
+    assert [r["env_steps"] for r in evals] == [512, 1024]
+    assert records[-1]["final"] is True and records[-1]["env_steps"] == 1024
+    assert all(math.isfinite(r["loss"]) and r["policy_lag_max"] == 0 for r in train)
+    assert train[-1]["episodes"] > 0 and train[-1]["episode_return_mean"] > 8
+    assert int(loop.run.state.step) == 1024 // STEPS_PER_UPDATE
+    assert all(0 <= r["wall_time_s"] < 600 for r in records)
+    meta, _ = Checkpointer._verify(Checkpointer(tmp_path).list()[-1])
+    assert meta["env_steps"] == 1024 and meta["version"] == 16
+
+
+def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
+    bad = set(range(5, 17, 4))  # updates 5, 9, 13 of 16
+    code, records, loop = run_in_process(
+        tmp_path,
+        ["train.total_env_steps=1024", "eval.every_env_steps=0"],
+        wrap_update=lambda update: poison(update, bad),
+    )
+    assert code == 0
+    assert records[-1]["updates_skipped_nonfinite"] == len(bad) == 3
+    train = [r for r in records if "loss" in r]
+    # the skipped updates' metrics are left out; the others are finite
+    assert len(train) == 16 - 3
+    assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in train)
+    evals = [r["eval_return_mean"] for r in records if "eval_return_mean" in r]
+    assert evals and all(math.isfinite(e) for e in evals)
+    params = jax.tree.leaves(jax.device_get(loop.run.state.params))
+    assert all(np.isfinite(np.asarray(x)).all() for x in params)
+
+
+def _finite_tree(tree) -> bool:
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    return bool(leaves) and all(np.all(np.isfinite(x)) for x in leaves if x.dtype.kind == "f")
+
+
+def test_a_nonfinite_streak_stops_the_run_and_keeps_good_checkpoints(tmp_path):
+    with pytest.raises(TrainError, match="5 updates in a row had a non-finite loss") as e:
+        run_in_process(
+            tmp_path,
+            [
+                "train.total_env_steps=4096",
+                "eval.every_env_steps=0",
+                "train.max_nonfinite_in_row=5",
+                "train.checkpoint_every_s=0.001",
+            ],
+            wrap_update=lambda update: poison(update, set(range(20, 100))),
+        )
+    assert "last good checkpoint is untouched" in str(e.value)
+    ckpts = Checkpointer(tmp_path).list()
+    assert ckpts, "no checkpoint was written before the streak"
+    for path in ckpts:
+        meta, data = Checkpointer._verify(path)
+        # The streak was updates 20..24: the run stopped before saving the fifth.
+        assert meta["env_steps"] < 24 * STEPS_PER_UPDATE
+        assert _finite_tree(flax.serialization.msgpack_restore(data)["params"])
