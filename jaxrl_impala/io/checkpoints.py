@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from jaxrl_impala.errors import TrainError
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -19,12 +25,38 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class Checkpointer:
-    """``checkpoints/ckpt_<env_steps>/{state.msgpack, meta.json}``, written atomically.
+class CheckpointMismatch(TrainError):
+    """A checkpoint whose tree does not fit the run's state (a changed network, say)."""
 
-    The directory is assembled under a temporary name and renamed into place, so a crash
-    mid-write leaves either the previous checkpoints or a complete new one. The newest
-    ``keep`` are kept. Serialisation is flax's msgpack (no pickle).
+
+def _first_mismatch(saved: Any, wanted: Any, path: str = "") -> str | None:
+    """Where the state dict ``saved`` first differs from ``wanted`` in keys or shapes."""
+    if isinstance(wanted, dict):
+        if not isinstance(saved, dict):
+            return f"{path or 'the state'} is not a mapping in the checkpoint"
+        for key in wanted:
+            where = f"{path}/{key}" if path else str(key)
+            if key not in saved:
+                return f"{where} is missing from the checkpoint"
+            found = _first_mismatch(saved[key], wanted[key], where)
+            if found:
+                return found
+        extra = sorted(set(saved) - set(wanted))
+        return f"{path}/{extra[0]} is in the checkpoint but not in the config" if extra else None
+    shape_saved, shape_wanted = np.shape(saved), np.shape(wanted)
+    if shape_saved != shape_wanted:
+        return f"{path} has shape {shape_saved} in the checkpoint, {shape_wanted} in this config"
+    return None
+
+
+class Checkpointer:
+    """``checkpoints/ckpt_<env_steps>[_<n>]/{state.msgpack, meta.json}``, written atomically.
+
+    A checkpoint is assembled under a temporary name, verified, and renamed into place under
+    a name no other checkpoint has (a second one at the same env steps gets a ``_<n>``
+    suffix), so at every moment the newest complete checkpoint is on disk. Only then are
+    older ones removed: the newest ``keep`` are kept. Serialisation is flax's msgpack (no
+    pickle); the recorded sha256 of the state is required to read it back.
     """
 
     def __init__(self, run_dir: Path, keep: int = 3):
@@ -39,38 +71,36 @@ class Checkpointer:
           OSError: the write failed (disk full, unwritable dir): nothing half-written is
             left behind and the previous checkpoints are untouched.
         """
-        import hashlib
-        import shutil
-
         import flax.serialization
 
         data = flax.serialization.to_bytes(state)
         meta = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        final = self.dir / f"ckpt_{int(meta['env_steps']):012d}"
+        steps = int(meta["env_steps"])
+        same = [p for p in self.list() if _steps(p) == steps]
+        final = self.dir / (f"ckpt_{steps:012d}" + (f"_{len(same)}" if same else ""))
         tmp = self.dir / f".tmp_{final.name}_{os.getpid()}"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             atomic_write(tmp / "state.msgpack", data)
             atomic_write(tmp / "meta.json", json.dumps(meta).encode())
             self._verify(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for old in self.list()[: -self.keep]:
+        # The new one is in place: now the ones it supersedes may go.
+        for old in same + self.list()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     @staticmethod
     def _verify(path: Path) -> tuple[dict[str, Any], bytes]:
         """Meta and state bytes of a checkpoint dir whose state matches its recorded hash."""
-        import hashlib
-
         meta = json.loads((path / "meta.json").read_text())
         data = (path / "state.msgpack").read_bytes()
-        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        if "sha256" not in meta:
+            raise OSError("meta.json records no sha256 of the state")
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise OSError(
                 f"state.msgpack is {len(data)} bytes and does not match its sha256 "
                 f"(expected {meta.get('bytes', '?')} bytes)"
@@ -78,27 +108,48 @@ class Checkpointer:
         return meta, data
 
     def list(self) -> list[Path]:
-        return sorted(p for p in self.dir.glob("ckpt_*") if p.is_dir())
+        """The checkpoint dirs, oldest first."""
+        return sorted((p for p in self.dir.glob("ckpt_*") if p.is_dir()), key=_order)
 
     def restore(self, template: Any) -> tuple[Any, dict[str, Any], Path] | None:
         """The newest checkpoint that reads back whole and matches its hash; falls back to
-        older ones (saying so), None when there is none."""
+        older ones (saying so), None when there is none.
+
+        Raises:
+          CheckpointMismatch: the checkpoint's tree does not fit ``template`` (one line
+            naming the first leaf that differs).
+        """
         import flax.serialization
 
+        wanted = flax.serialization.to_state_dict(template)
         for path in reversed(self.list()):
             try:
                 meta, data = self._verify(path)
-                state = flax.serialization.from_bytes(template, data)
-                return state, meta, path
+                saved = flax.serialization.msgpack_restore(data)
             except Exception as e:  # noqa: BLE001 - any corrupt checkpoint: try the previous
                 print(
                     f"checkpoint {path} is unreadable ({e}); falling back to an older one",
                     file=sys.stderr,
                 )
+                continue
+            mismatch = _first_mismatch(saved, wanted)
+            if mismatch:
+                raise CheckpointMismatch(f"checkpoint {path} does not fit the config: {mismatch}")
+            return flax.serialization.from_state_dict(template, saved), meta, path
         return None
+
+
+def _steps(path: Path) -> int:
+    return int(path.name.removeprefix("ckpt_").split("_")[0])
+
+
+def _order(path: Path) -> tuple[int, int]:
+    """(env steps, n) of ``ckpt_<env steps>[_<n>]``."""
+    parts = path.name.removeprefix("ckpt_").split("_")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
 
 
 def newest_checkpoint_steps(run_dir: Path) -> int:
     """Env steps of the newest checkpoint in ``run_dir`` (0 if none), from its name."""
     kept = Checkpointer(run_dir).list()
-    return int(kept[-1].name.removeprefix("ckpt_")) if kept else 0
+    return _steps(kept[-1]) if kept else 0

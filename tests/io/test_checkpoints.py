@@ -1,0 +1,83 @@
+"""Checkpoints: atomic replacement with no window, a required hash, and a one-line error
+for a checkpoint that does not fit the config."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrl_impala.io.checkpoints import Checkpointer, CheckpointMismatch, newest_checkpoint_steps
+
+
+def _state(width: int = 3, value: float = 1.0):
+    return {"params": {"w": np.full((2, width), value, np.float32)}, "step": np.int32(7)}
+
+
+def test_a_second_checkpoint_at_the_same_step_replaces_the_first_without_a_gap(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    first = ckpt.save(_state(value=1.0), {"env_steps": 64, "wall_time_s": 1.0})
+    seen_during_rename = []
+    real_rename = __import__("os").rename
+
+    def rename(src, dst):  # the moment the new one lands, the old one must still be there
+        seen_during_rename.append(first.exists())
+        real_rename(src, dst)
+
+    import jaxrl_impala.io.checkpoints as module
+
+    module.os.rename = rename
+    try:
+        second = ckpt.save(_state(value=2.0), {"env_steps": 64, "wall_time_s": 2.0})
+    finally:
+        module.os.rename = real_rename
+    assert seen_during_rename == [True]
+    assert second.name == "ckpt_000000000064_1" and not first.exists()
+    state, meta, path = ckpt.restore(_state())
+    assert path == second and meta["wall_time_s"] == 2.0
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    assert newest_checkpoint_steps(tmp_path) == 64
+
+
+def test_checkpoints_are_ordered_by_steps_and_the_newest_three_kept(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    for steps in (64, 128, 1024, 64 * 100, 64 * 1000):
+        ckpt.save(_state(), {"env_steps": steps, "wall_time_s": 0.0})
+    names = [p.name for p in ckpt.list()]
+    assert names == ["ckpt_000000001024", "ckpt_000000006400", "ckpt_000000064000"]
+
+
+def test_a_checkpoint_without_its_hash_is_not_read(tmp_path, capsys):
+    ckpt = Checkpointer(tmp_path)
+    path = ckpt.save(_state(), {"env_steps": 64, "wall_time_s": 0.0})
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["sha256"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    assert ckpt.restore(_state()) is None
+    assert "records no sha256" in capsys.readouterr().err
+
+
+def test_a_changed_network_is_one_line_naming_the_first_leaf_that_differs(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(_state(width=3), {"env_steps": 64, "wall_time_s": 0.0})
+    with pytest.raises(CheckpointMismatch) as e:
+        ckpt.restore(_state(width=5))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.endswith("params/w has shape (2, 3) in the checkpoint, (2, 5) in this config")
+    wider = {**_state(), "extra": np.zeros(1)}
+    with pytest.raises(CheckpointMismatch, match="extra is missing from the checkpoint"):
+        ckpt.restore(wider)
+
+
+def test_restore_fills_a_flax_train_state(tmp_path):
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.train.setup import setup
+
+    s = setup(load_config(None, ["env.id=CartPole-v1", "network.hidden=[8]"]))
+    state = s.init_state(jax.random.PRNGKey(0))
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(jax.device_get(state), {"env_steps": 64, "wall_time_s": 0.0})
+    restored, _, _ = ckpt.restore(s.init_state(jax.random.PRNGKey(1)))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
