@@ -1,7 +1,8 @@
 """What every transport provides: a bounded unroll queue (many actors -> one learner) and a
 latest-parameters store (one learner -> many actors).
 
-Implementations: `shm.py` (embedded default, one host) and, later, Redis. Both pass
+Implementations: `shm.py` (embedded default, one host), `redis.py` (actors on other
+hosts) and `memory.py` (one process). Both pass
 `tests/test_transport_contract.py`. Everything that crosses the transport is a `codec` frame:
 never pickle. Handles a child process needs are plain strings and ints, so actors can be
 started with `subprocess.Popen` and attach by name.
@@ -15,7 +16,20 @@ import numpy as np
 
 from jaxrl_impala.transport.codec import Frame
 
-__all__ = ["ParamStore", "TrajectoryConsumer", "TrajectoryProducer", "TrajectoryQueue"]
+__all__ = ["Closing", "ParamStore", "TrajectoryConsumer", "TrajectoryProducer", "TrajectoryQueue"]
+
+
+class Closing:
+    """``with handle: ...`` closes the handle on the way out (every transport handle)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @runtime_checkable

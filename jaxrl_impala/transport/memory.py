@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxrl_impala.transport.base import Closing
 from jaxrl_impala.transport.codec import Frame, FrameSpec, decode, encode
 
 
-class MemoryQueue:
+class MemoryQueue(Closing):
     """A bounded FIFO of encoded unroll frames; both ends in one process.
 
     ``put`` returns False when the queue is full or closed (it never waits: the producer is
@@ -64,7 +65,7 @@ class MemoryQueue:
         return dict(self._counts)
 
 
-class MemoryParamStore:
+class MemoryParamStore(Closing):
     """The latest parameters and their version (one process)."""
 
     def __init__(self) -> None:

@@ -61,6 +61,7 @@ from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from jaxrl_impala.transport.base import Closing
 from jaxrl_impala.transport.codec import (
     Frame,
     FrameError,
@@ -351,7 +352,7 @@ def _stop_thread(stop: threading.Event, thread: threading.Thread | None) -> None
 # ----------------------------------------------------------------------------- learner side
 
 
-class RedisQueue:
+class RedisQueue(Closing):
     """The learner's end of the Redis unroll queue; it owns the keys under ``prefix``.
 
     Create with `RedisQueue.create`; actors connect with `RedisProducer.connect`. Use `get`
@@ -629,12 +630,6 @@ class RedisQueue:
             _log(f"learner: could not mark {self._keys.prefix} closed at {self.where} ({e})")
         self._client.close()
 
-    def __enter__(self) -> RedisQueue:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _heartbeat_loop(
     client: redis.Redis,
@@ -658,7 +653,7 @@ def _heartbeat_loop(
             _log(f"another learner took over transport.prefix {keys.prefix!r} at {where}")
 
 
-class RedisParamStore:
+class RedisParamStore(Closing):
     """Latest parameters + version in the hash ``P:params`` (fields ``version``, ``frame``).
 
     The owner (`create`) publishes; readers (`connect`) fetch. `publish` never raises on a
@@ -800,17 +795,11 @@ class RedisParamStore:
                 _log(f"learner: could not delete {self._keys.params} at {self.where} ({e})")
         self._client.close()
 
-    def __enter__(self) -> RedisParamStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 # ----------------------------------------------------------------------------- actor side
 
 
-class RedisProducer:
+class RedisProducer(Closing):
     """An actor's end of the Redis unroll queue. Use from one thread.
 
     Any non-negative `producer_id` works: ids are metadata (they appear in `stats` only).
@@ -981,9 +970,3 @@ class RedisProducer:
             return
         self._closed = True
         self._client.close()
-
-    def __enter__(self) -> RedisProducer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

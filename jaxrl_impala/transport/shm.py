@@ -58,6 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from jaxrl_impala.transport.base import Closing
 from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, decode, encode_into
 
 __all__ = [
@@ -260,7 +261,7 @@ class _QueueLayout:
         )
 
 
-class ShmQueue:
+class ShmQueue(Closing):
     """The learner's end of the shared-memory unroll queue (it owns the segment).
 
     Create with `ShmQueue.create`; actors attach with `ShmQueue.attach(name, producer_id)`.
@@ -499,14 +500,8 @@ class ShmQueue:
         self._rings = []
         self._finalizer()
 
-    def __enter__(self) -> ShmQueue:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ShmQueueProducer:
+class ShmQueueProducer(Closing):
     """An actor's end of a `ShmQueue` (attached by name; never unlinks). Use from one thread."""
 
     def __init__(self, shm, layout: _QueueLayout, producer_id: int, overflow: Overflow):
@@ -656,14 +651,8 @@ class ShmQueueProducer:
         self._slot_views = []
         self._finalizer()
 
-    def __enter__(self) -> ShmQueueProducer:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ShmParamStore:
+class ShmParamStore(Closing):
     """Latest parameters + version in one segment under a seqlock.
 
     One writer (the owner/learner) calls `publish`; any number of attached readers call
@@ -801,12 +790,6 @@ class ShmParamStore:
         self._closed = True
         self._hdr = None
         self._finalizer()
-
-    def __enter__(self) -> ShmParamStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def cleanup_stale(prefix: str) -> list[str]:
