@@ -142,17 +142,38 @@ def mark_kills_while_finishing(kills: list[dict], samples: list[dict]) -> None:
         )
 
 
-def soak(args) -> dict:
-    from jaxrl_impala.config import load_config
-    from jaxrl_impala.train import Checkpointer
+def _sample(t: float, trainer: psutil.Process, pid: int, run_dir: Path, seen: set) -> dict:
+    """One sample of the run's processes, shared memory and latest metrics; adds the
+    checkpoints on disk to ``seen``."""
+    from jaxrl_impala.io.checkpoints import Checkpointer
 
-    config = load_config(args.config, args.set)
-    segment = config.train.total_env_steps
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = out_dir / "run"
-    if run_dir.exists():
-        raise SystemExit(f"{run_dir} exists; pass another --out")
+    procs = _tree(trainer)
+    rss, fds = _mem_fds(procs)
+    rss_l, fds_l = _mem_fds(procs[:1])
+    shm_files, shm_bytes = _shm(pid)
+    last, _ = _last_metrics(run_dir)
+    ck = Checkpointer(run_dir).list() if (run_dir / "checkpoints").exists() else []
+    seen.update(p.name for p in ck)
+    return {
+        "t": t,
+        "rss_mb": rss,
+        "rss_learner_mb": rss_l,
+        "fds": fds,
+        "fds_learner": fds_l,
+        "processes": len(procs),
+        "actors": len(_actors(trainer)),
+        "shm_files": shm_files,
+        "shm_bytes": shm_bytes,
+        "queue_depth": last.get("queue_depth"),
+        "env_steps": last.get("env_steps"),
+        "sps": last.get("sps"),
+        "actor_restarts": last.get("actor_restarts", 0),
+    }
+
+
+def _run(args, run_dir: Path, segment: int) -> dict:
+    """Runs the trainer for ``--minutes``, killing actors and resuming at each budget;
+    returns what was watched: samples, kills, resumes, checkpoints seen, exit codes, pids."""
     rng = random.Random(args.seed)
     end = time.monotonic() + args.minutes * 60
     budget = segment
@@ -164,27 +185,26 @@ def soak(args) -> dict:
     )
     proc = _start(args, run_dir, resume=False, budget=budget)
     trainer = psutil.Process(proc.pid)
-    pids = [proc.pid]
-    samples, kills, resumes, ckpts_seen = [], [], 0, set()
-    exit_codes = []
+    w = {"samples": [], "kills": [], "resumes": 0, "ckpts_seen": set(), "exit_codes": []}
+    w["pids"] = [proc.pid]
     next_sample = t0
-    print(f"soak: {args.minutes} min of {args.config}; outputs in {out_dir}", flush=True)
     try:
         while time.monotonic() < end:
             now = time.monotonic()
             code = proc.poll()
             if code is not None:  # the budget ran out: resume with a larger one
-                exit_codes.append(code)
+                w["exit_codes"].append(code)
                 if code != 0:
-                    print(f"soak: trainer exited {code}; see {out_dir / 'trainer.log'}")
+                    print(f"soak: trainer exited {code}; see {run_dir.parent / 'trainer.log'}")
                     break
                 budget += segment
-                resumes += 1
+                w["resumes"] += 1
                 print(f"soak: budget reached, resuming to {budget} env steps", flush=True)
                 proc = _start(args, run_dir, resume=True, budget=budget)
                 trainer = psutil.Process(proc.pid)
-                pids.append(proc.pid)
+                w["pids"].append(proc.pid)
                 continue
+            samples = w["samples"]
             finishing = bool(samples) and (samples[-1]["env_steps"] or 0) >= budget
             if args.kill_every_s > 0 and now >= next_kill and not finishing:
                 # (not while the segment is finishing: its actors are being stopped anyway)
@@ -193,49 +213,41 @@ def soak(args) -> dict:
                     v = rng.choice(victims)
                     try:
                         v.send_signal(signal.SIGKILL)
-                        kills.append({"t": now - t0, "pid": v.pid})
+                        w["kills"].append({"t": now - t0, "pid": v.pid})
                         print(f"soak: t={now - t0:.0f}s killed actor pid {v.pid}", flush=True)
                     except psutil.Error:
                         pass
                 next_kill = now + rng.expovariate(1 / args.kill_every_s)
             if now >= next_sample:
                 next_sample = now + args.sample_every_s
-                procs = _tree(trainer)
-                actors = _actors(trainer)
-                rss, fds = _mem_fds(procs)
-                rss_l, fds_l = _mem_fds(procs[:1])
-                shm_files, shm_bytes = _shm(proc.pid)
-                last, _ = _last_metrics(run_dir)
-                ck = Checkpointer(run_dir).list() if (run_dir / "checkpoints").exists() else []
-                ckpts_seen.update(p.name for p in ck)
-                samples.append(
-                    {
-                        "t": now - t0,
-                        "rss_mb": rss,
-                        "rss_learner_mb": rss_l,
-                        "fds": fds,
-                        "fds_learner": fds_l,
-                        "processes": len(procs),
-                        "actors": len(actors),
-                        "shm_files": shm_files,
-                        "shm_bytes": shm_bytes,
-                        "queue_depth": last.get("queue_depth"),
-                        "env_steps": last.get("env_steps"),
-                        "sps": last.get("sps"),
-                        "actor_restarts": last.get("actor_restarts", 0),
-                    }
-                )
+                samples.append(_sample(now - t0, trainer, proc.pid, run_dir, w["ckpts_seen"]))
             time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                exit_codes.append(proc.wait(120))
+                w["exit_codes"].append(proc.wait(120))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                exit_codes.append(proc.wait())
+                w["exit_codes"].append(proc.wait())
+    return w
+
+
+def soak(args) -> dict:
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.io.checkpoints import Checkpointer
+
+    config = load_config(args.config, args.set)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = out_dir / "run"
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists; pass another --out")
+    print(f"soak: {args.minutes} min of {args.config}; outputs in {out_dir}", flush=True)
+    w = _run(args, run_dir, config.train.total_env_steps)
+    samples, kills, exit_codes = w["samples"], w["kills"], w["exit_codes"]
     time.sleep(1.0)
-    leftover = [n.name for pid in pids for n in Path("/dev/shm").glob(f"jri_{pid}_*")]
+    leftover = [n.name for pid in w["pids"] for n in Path("/dev/shm").glob(f"jri_{pid}_*")]
 
     # --- checkpoints: all verify; the newest holds the final step count
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -244,8 +256,7 @@ def soak(args) -> dict:
     bad, newest = [], None
     for path in Checkpointer(run_dir).list():
         try:
-            meta, _ = Checkpointer._verify(path)
-            newest = meta
+            newest, _ = Checkpointer.verify(path)
         except Exception as e:  # noqa: BLE001 - reported in the verdict
             bad.append(f"{path.name}: {e}")
     evals = [r for r in rows if "eval_return_mean" in r]
@@ -260,13 +271,13 @@ def soak(args) -> dict:
     checks = {
         "memory_flat": rss_d <= max(0.10 * rss_a, 100.0),
         "fds_flat": fd_d <= 8,
-        "shm_constant": len(shm_sizes) <= 1 * (resumes + 1),
+        "shm_constant": len(shm_sizes) <= 1 * (w["resumes"] + 1),
         "no_shm_left": leftover == [],
         "checkpoints_intact": not bad and newest is not None and newest["env_steps"] == final_steps,
         "actors_restarted": restarts >= sum(not k.get("while_finishing") for k in kills),
         "clean_exit": all(c == 0 for c in exit_codes) and bool(exit_codes),
     }
-    result = {
+    return {
         **header("soak", memory_gb=round(psutil.virtual_memory().total / 2**30, 1)),
         "args": vars(args),
         "passed": all(checks.values()),
@@ -278,8 +289,8 @@ def soak(args) -> dict:
             "fds_last_quarter": fd_b,
             "kills": len(kills),
             "actor_restarts": restarts,
-            "resumes": resumes,
-            "checkpoints_seen": len(ckpts_seen),
+            "resumes": w["resumes"],
+            "checkpoints_seen": len(w["ckpts_seen"]),
             "final_env_steps": final_steps,
             "bad_checkpoints": bad,
             "leftover_shm": leftover,
@@ -296,7 +307,6 @@ def soak(args) -> dict:
             for r in evals
         ],  # fmt: skip
     }
-    return result
 
 
 def compare_curves(result: dict, twin: dict) -> dict:

@@ -83,18 +83,20 @@ class Checkpointer:
             tmp.mkdir(parents=True, exist_ok=True)
             atomic_write(tmp / "state.msgpack", data)
             atomic_write(tmp / "meta.json", json.dumps(meta).encode())
-            self._verify(tmp)
+            self.verify(tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         # The new one is in place: now the ones it supersedes may go.
-        for old in same + self.list()[: -self.keep]:
+        for old in same:
+            shutil.rmtree(old, ignore_errors=True)
+        for old in self.list()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     @staticmethod
-    def _verify(path: Path) -> tuple[dict[str, Any], bytes]:
+    def verify(path: Path) -> tuple[dict[str, Any], bytes]:
         """Meta and state bytes of a checkpoint dir whose state matches its recorded hash."""
         meta = json.loads((path / "meta.json").read_text())
         data = (path / "state.msgpack").read_bytes()
@@ -124,7 +126,7 @@ class Checkpointer:
         wanted = flax.serialization.to_state_dict(template)
         for path in reversed(self.list()):
             try:
-                meta, data = self._verify(path)
+                meta, data = self.verify(path)
                 saved = flax.serialization.msgpack_restore(data)
             except Exception as e:  # noqa: BLE001 - any corrupt checkpoint: try the previous
                 print(

@@ -110,7 +110,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path):
     assert out.returncode == 1, out.stderr[-2000:]
     ckpts = Checkpointer(run_dir).list()
     assert len(ckpts) == 1
-    Checkpointer._verify(ckpts[0])  # whole and matching its hash
+    Checkpointer.verify(ckpts[0])  # whole and matching its hash
     assert "No space left on device" in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: checkpoint at env_steps=2048 ")
     assert f"the last good one is {ckpts[0]}" in out.stderr
@@ -134,7 +134,7 @@ def test_disk_full_while_logging_metrics_is_reported_once_and_training_goes_on(t
     warnings = [line for line in out.stderr.splitlines() if "metrics not written" in line]
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
     assert read_metrics(run_dir) == []
-    meta, _ = Checkpointer._verify(Checkpointer(run_dir).list()[-1])
+    meta, _ = Checkpointer.verify(Checkpointer(run_dir).list()[-1])
     assert meta["env_steps"] == 2048
 
 

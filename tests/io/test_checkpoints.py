@@ -81,3 +81,11 @@ def test_restore_fills_a_flax_train_state(tmp_path):
     restored, _, _ = ckpt.restore(s.init_state(jax.random.PRNGKey(1)))
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_replaced_checkpoint_does_not_count_against_the_kept_three(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    for steps in (64, 128, 192, 192):
+        ckpt.save(_state(), {"env_steps": steps, "wall_time_s": 0.0})
+    names = [p.name for p in ckpt.list()]
+    assert names == ["ckpt_000000000064", "ckpt_000000000128", "ckpt_000000000192_1"]

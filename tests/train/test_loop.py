@@ -43,7 +43,7 @@ def test_the_loop_trains_evaluates_and_checkpoints_in_process(tmp_path):
     assert train[-1]["episodes"] > 0 and train[-1]["episode_return_mean"] > 8
     assert int(loop.run.state.step) == 1024 // STEPS_PER_UPDATE
     assert all(0 <= r["wall_time_s"] < 600 for r in records)
-    meta, _ = Checkpointer._verify(Checkpointer(tmp_path).list()[-1])
+    meta, _ = Checkpointer.verify(Checkpointer(tmp_path).list()[-1])
     assert meta["env_steps"] == 1024 and meta["version"] == 16
 
 
@@ -87,7 +87,7 @@ def test_a_nonfinite_streak_stops_the_run_and_keeps_good_checkpoints(tmp_path):
     ckpts = Checkpointer(tmp_path).list()
     assert ckpts, "no checkpoint was written before the streak"
     for path in ckpts:
-        meta, data = Checkpointer._verify(path)
+        meta, data = Checkpointer.verify(path)
         # The streak was updates 20..24: the run stopped before saving the fifth.
         assert meta["env_steps"] < 24 * STEPS_PER_UPDATE
         assert _finite_tree(flax.serialization.msgpack_restore(data)["params"])
