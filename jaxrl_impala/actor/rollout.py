@@ -193,13 +193,16 @@ class Rollout:
     def _unroll_stepwise(self) -> Unroll:
         T, B = self.T, self.B
         obs_rows, act_rows, logp_rows, dist_rows = [], [], [], []
-        rewards = np.zeros((T, B), np.float32)
-        terminated = np.zeros((T, B), bool)
-        truncated = np.zeros((T, B), bool)
-        trunc_value = np.zeros((T, B), np.float32)
-        ep_return = np.full((T, B), np.nan, np.float32)
-        ep_length = np.zeros((T, B), np.int32)
-        ep_terms = np.zeros((T, B, len(self.term_names)), np.float32)
+        # the Unroll's [T, B] fields, filled row by row
+        cols = {
+            "rewards": np.zeros((T, B), np.float32),
+            "terminated": np.zeros((T, B), bool),
+            "truncated": np.zeros((T, B), bool),
+            "truncation_value": np.zeros((T, B), np.float32),
+            "episode_return": np.full((T, B), np.nan, np.float32),
+            "episode_length": np.zeros((T, B), np.int32),
+            "episode_terms": np.zeros((T, B, len(self.term_names)), np.float32),
+        }
         # One split per unroll instead of one per step: a dispatch saved on every env step.
         keys = np.asarray(jax.random.split(self.key, T + 1))
         self.key = keys[0]
@@ -213,12 +216,12 @@ class Rollout:
             dist_rows.append(dist)
             obs, reward, term, trunc, info = self.env.step(clip_to_space(action, self.action_space))
             term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
-            rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            cols["rewards"][t], cols["terminated"][t], cols["truncated"][t] = reward, term, trunc
             cut = trunc & ~term
             if cut.any():
                 final = final_observations(info, obs, cut)
                 values = np.asarray(self._value(self.params, self.stats, final))
-                trunc_value[t] = np.where(cut, values, 0.0)
+                cols["truncation_value"][t] = np.where(cut, values, 0.0)
             self.ep_return += reward
             self.ep_length += 1
             if self.term_names and "reward_terms" in info:
@@ -226,9 +229,9 @@ class Rollout:
                 self.ep_terms += np.stack([np.asarray(terms[k]) for k in self.term_names], -1)
             done = term | trunc
             if done.any():
-                ep_return[t] = np.where(done, self.ep_return, np.nan)
-                ep_length[t] = np.where(done, self.ep_length, 0)
-                ep_terms[t] = np.where(done[:, None], self.ep_terms, 0.0)
+                cols["episode_return"][t] = np.where(done, self.ep_return, np.nan)
+                cols["episode_length"][t] = np.where(done, self.ep_length, 0)
+                cols["episode_terms"][t] = np.where(done[:, None], self.ep_terms, 0.0)
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
                 self.ep_terms[done] = 0.0
@@ -239,12 +242,6 @@ class Rollout:
             actions=np.stack(act_rows),
             behaviour_logp=np.stack(logp_rows),
             behaviour_dist=np.stack(dist_rows),
-            rewards=rewards,
-            terminated=terminated,
-            truncated=truncated,
-            truncation_value=trunc_value,
-            episode_return=ep_return,
-            episode_length=ep_length,
-            episode_terms=ep_terms,
+            **cols,
         )
         return unroll_lib.cast(out)

@@ -61,15 +61,9 @@ from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from jaxrl_impala.transport import codec
 from jaxrl_impala.transport.base import Closing
-from jaxrl_impala.transport.codec import (
-    Frame,
-    FrameError,
-    FrameSpec,
-    FrameTooLargeError,
-    decode,
-    encode,
-)
+from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, FrameTooLargeError
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -549,7 +543,7 @@ class RedisQueue(Closing):
         try:
             if not isinstance(data, bytes):
                 raise FrameError(f"list element of type {type(data).__name__}")
-            return decode(data, spec=self.spec)
+            return codec.decode(data, spec=self.spec)
         except Exception:  # noqa: BLE001 - a hostile frame must never crash the learner
             self._rejected += 1
             return None
@@ -719,7 +713,7 @@ class RedisParamStore(Closing):
         """
         if self._closed or not self.owner:
             raise ValueError("publish needs the learner's open RedisParamStore")
-        frame = encode(arrays, {"version": int(version)})
+        frame = codec.encode(arrays, {"version": int(version)})
         if len(frame) > self.capacity:
             raise FrameTooLargeError(
                 f"encoded params need {len(frame)} bytes but the store holds {self.capacity}"
@@ -773,7 +767,7 @@ class RedisParamStore(Closing):
             return None
         try:
             version = int(reply[0])
-            frame = decode(reply[1])
+            frame = codec.decode(reply[1])
             if frame.meta.get("version") != version:
                 raise FrameError("param frame version disagrees with the store's version field")
         except Exception:  # noqa: BLE001 - a corrupt store is counted, never raised
@@ -911,7 +905,7 @@ class RedisProducer(Closing):
         """
         if self._closed or self._closed_seen:
             return False
-        frame = encode(arrays, meta)
+        frame = codec.encode(arrays, meta)
         if self.max_frame_bytes is not None and len(frame) > self.max_frame_bytes:
             raise FrameTooLargeError(
                 f"encoded unroll needs {len(frame)} bytes; the learner accepts at most "

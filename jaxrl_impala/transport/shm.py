@@ -44,6 +44,7 @@ heartbeat, so actors stop by themselves when the learner is gone (`owner_alive`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -52,7 +53,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any, Literal
 
@@ -121,6 +122,17 @@ def _create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     shm = shared_memory.SharedMemory(name=name, create=True, size=size)
     _CREATED_HERE.add(shm.name)
     return shm
+
+
+@contextlib.contextmanager
+def _attached(name: str) -> Iterator[shared_memory.SharedMemory]:
+    """The segment ``name``, mapped, and unmapped again if the block raises."""
+    shm = _attach_segment(name)
+    try:
+        yield shm
+    except BaseException:
+        _unmap(shm)
+        raise
 
 
 def _attach_segment(name: str) -> shared_memory.SharedMemory:
@@ -233,6 +245,14 @@ def _sleep_backoff(backoff: float, deadline: float | None) -> float:
     return min(backoff * 2, _MAX_BACKOFF)
 
 
+class _Segment(Closing):
+    """A handle on a shared-memory segment (``self._shm``), named by it."""
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+
 class _QueueLayout:
     """Offsets of one queue segment, computed identically by owner and producers."""
 
@@ -261,7 +281,7 @@ class _QueueLayout:
         )
 
 
-class ShmQueue(Closing):
+class ShmQueue(_Segment):
     """The learner's end of the shared-memory unroll queue (it owns the segment).
 
     Create with `ShmQueue.create`; actors attach with `ShmQueue.attach(name, producer_id)`.
@@ -358,10 +378,6 @@ class ShmQueue(Closing):
     def attach(name: str, producer_id: int) -> ShmQueueProducer:
         """Attach an actor process to the queue segment `name` as producer `producer_id`."""
         return ShmQueueProducer.attach(name, producer_id)
-
-    @property
-    def name(self) -> str:
-        return self._shm.name
 
     @property
     def capacity(self) -> int:
@@ -501,7 +517,7 @@ class ShmQueue(Closing):
         self._finalizer()
 
 
-class ShmQueueProducer(Closing):
+class ShmQueueProducer(_Segment):
     """An actor's end of a `ShmQueue` (attached by name; never unlinks). Use from one thread."""
 
     def __init__(self, shm, layout: _QueueLayout, producer_id: int, overflow: Overflow):
@@ -531,8 +547,7 @@ class ShmQueueProducer(Closing):
     @classmethod
     def attach(cls, name: str, producer_id: int) -> ShmQueueProducer:
         """Attach to the queue segment `name` as producer `producer_id` (0-based)."""
-        shm = _attach_segment(name)
-        try:
+        with _attached(name) as shm:
             hdr = [int(x) for x in _i64(shm.buf, 0, _HEADER_BYTES // 8)]
             if hdr[_H_MAGIC] != _QUEUE_MAGIC or hdr[_H_LAYOUT] != LAYOUT_VERSION:
                 raise ValueError(
@@ -559,13 +574,6 @@ class ShmQueueProducer(Closing):
             ):
                 raise ValueError(f"producer_id {producer_id!r} is outside [0, {num_producers})")
             return cls(shm, layout, producer_id, overflow)
-        except BaseException:
-            _unmap(shm)
-            raise
-
-    @property
-    def name(self) -> str:
-        return self._shm.name
 
     @property
     def closed(self) -> bool:
@@ -652,7 +660,7 @@ class ShmQueueProducer(Closing):
         self._finalizer()
 
 
-class ShmParamStore(Closing):
+class ShmParamStore(_Segment):
     """Latest parameters + version in one segment under a seqlock.
 
     One writer (the owner/learner) calls `publish`; any number of attached readers call
@@ -694,21 +702,13 @@ class ShmParamStore(Closing):
     @classmethod
     def attach(cls, name: str, *, max_retries: int = 16) -> ShmParamStore:
         """Attach a reader to the store segment `name` (never unlinks)."""
-        shm = _attach_segment(name)
-        try:
+        with _attached(name) as shm:
             magic, layout, capacity = (int(x) for x in _i64(shm.buf, 0, 3))
             if magic != _PARAMS_MAGIC or layout != LAYOUT_VERSION:
                 raise ValueError(f"segment {name!r} is not a jaxrl_impala param store")
             if not 1 <= capacity <= shm.size - _HEADER_BYTES:
                 raise ValueError(f"segment {name!r} has a corrupt header")
             return cls(shm, capacity, False, max_retries)
-        except BaseException:
-            _unmap(shm)
-            raise
-
-    @property
-    def name(self) -> str:
-        return self._shm.name
 
     @property
     def stats(self) -> dict[str, int]:
