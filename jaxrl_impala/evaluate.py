@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from jaxrl_impala.cli import add_run_dir, command_parser
 from jaxrl_impala.config import DRIVING_ENV_ID, ConfigError, load_config
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
@@ -55,23 +56,40 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m jaxrl_impala.evaluate",
-        description="Evaluate a run's newest checkpoint: greedy returns on held-out env seeds, "
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "evaluate",
+        "Evaluate a run's newest checkpoint: greedy returns on held-out env seeds, "
         "beside the scripted controller and random actions on the same seeds (DrivingEnv). "
-        "Prints one line per policy and the ratio to the scripted controller.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Prints one line per policy and the ratio to the scripted controller. Exit status 2: "
+        "RUN_DIR is not a run directory; 1: its config or checkpoint cannot be read.",
     )
-    p.add_argument("run_dir", type=Path, help="a run directory (it holds config.yaml)")
-    p.add_argument("--episodes", type=int, default=100, help="episodes, one env seed each")
+    add_run_dir(p, "config.yaml")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=100,
+        metavar="N",
+        help="episodes, one env seed each (default: %(default)s)",
+    )
     p.add_argument(
         "--seed",
         type=int,
         default=2_000_000,
-        help="first env seed (disjoint from training and from the trainer's evaluations)",
+        help="first env seed, disjoint from training and from the trainer's evaluations "
+        "(default: %(default)s)",
     )
-    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write the figures to this JSON file (default: none)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
 
     if not (args.run_dir / "config.yaml").is_file():

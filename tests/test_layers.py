@@ -29,6 +29,7 @@ LAYERS = {
     "jaxrl_impala.train.__main__": 6,
     "jaxrl_impala.evaluate": 6,
     "jaxrl_impala.plot": 6,
+    "jaxrl_impala.cli": 6,
 }
 # Sides of the same layer that must not import each other.
 APART = [("jaxrl_impala.actor", "jaxrl_impala.learner")]

@@ -36,29 +36,58 @@ if __name__ == "__main__":  # before JAX is imported anywhere in this process
 
 
 from jaxrl_impala.actor.process import address_from_stdin, run  # noqa: E402  (JAX after the above)
+from jaxrl_impala.cli import add_config_options, command_parser  # noqa: E402
 from jaxrl_impala.config import ConfigError, from_dict, load_config  # noqa: E402
 from jaxrl_impala.transport import RedisTransportError, redis_address  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="jaxrl_impala actor process")
-    parser.add_argument("--config-json", help="the resolved config as JSON (set by the trainer)")
-    parser.add_argument("--config", help="a YAML config file")
-    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--actor-id", type=int, required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "actor",
+        "One actor process: steps its envs with the newest published params and "
+        "sends unrolls to the learner. The trainer starts one per actors.num with "
+        "--config-json, --actor-id and --address - (the actor builds its envs and compiles "
+        "its policy, then reads the transport's address as one JSON line on stdin). Or start "
+        "one by hand on any host to join a running learner over Redis: --config C --set "
+        "transport.kind=redis transport.url=URL --actor-id N (the address comes from "
+        "transport.url and transport.prefix). Exit status 2: a bad config; 1: the Redis "
+        "transport failed.",
+    )
+    parser.add_argument(
+        "--config-json",
+        metavar="JSON",
+        help="the resolved config as JSON, set by the trainer; replaces --config and --set "
+        "(default: none)",
+    )
+    add_config_options(parser, "transport.kind=redis")
+    parser.add_argument(
+        "--actor-id",
+        type=int,
+        required=True,
+        metavar="N",
+        help="this actor's id, unique in the run; it picks the actor's env seeds and action "
+        "noise (required)",
+    )
     parser.add_argument(
         "--incarnation",
         type=int,
         default=0,
+        metavar="K",
         help="which start of this actor in the run (set by the trainer); a restarted or "
-        "resumed actor draws fresh env seeds and action noise",
+        "resumed actor draws fresh env seeds and action noise (default: %(default)s)",
     )
     parser.add_argument(
         "--address",
+        metavar="JSON",
         help="transport address as JSON, or '-' to read it as one JSON line from stdin once "
-        "the actor is ready (set by the trainer); without it (a standalone actor, e.g. on "
-        "another host) the Redis transport.url and transport.prefix of the config",
+        "the actor is ready (set by the trainer) (default: none: a standalone actor, e.g. on "
+        "another host, joins the Redis transport.url and transport.prefix of the config)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.address is not None:  # started by the trainer: the learner decides when we stop
         signal.signal(signal.SIGINT, signal.SIG_IGN)
