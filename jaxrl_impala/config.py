@@ -116,14 +116,10 @@ class LearnerConfig:
     overlap: keep the learner's host work off the update's path (one process, not
         ``train.deterministic``): the next batch is gathered on a thread while an update runs,
         and update v+1 is dispatched before update v's metrics are read. Faster, at the cost of
-        about two versions of policy lag. (On CartPole the time to 475 on and off differed by
-        less than its spread from seed to seed.)
+        more policy lag (docs/benchmarks.md).
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
-    inject_nan_from: fault injection for tests: from this update on (1-based), every
-      ``inject_nan_every``-th update gets NaN rewards, so its loss is non-finite (0: off).
-    inject_nan_every: see ``inject_nan_from``.
     """
 
     algo: str = "appo"
@@ -151,8 +147,6 @@ class LearnerConfig:
     obs_norm: bool = True
     reward_scale: float = 1.0
     reward_clip: float | None = None
-    inject_nan_from: int = 0
-    inject_nan_every: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,17 +181,15 @@ class TrainConfig:
       skipped (counted in ``updates_skipped_nonfinite``); this many in a row stop the run.
     compile_cache: directory of JAX's persistent compilation cache (``~`` expanded), used by
       the learner and the actors: a later run of the same shapes loads its compiled update
-      and policy steps instead of compiling them again (seconds of start-up on a small CPU
-      machine). ``""`` turns it off.
+      and policy steps instead of compiling them again. ``""`` turns it off.
     pin_cpus: split the CPUs this process may use between the learner and its actors: the
       learner keeps the first half (rounded up), actor ``i`` runs on one CPU of the other half
-      (``i`` mod its size). XLA gives every process a thread pool as wide as the machine, and
-      the small ops of an actor and of the learner then wait on each other's preempted
-      threads: on 2 cores the DrivingEnv preset ran 91k env steps/s split, 70k with the
-      actors on separate CPUs and the learner free. XLA's threads run the update on the
-      learner's CPUs; the learner's own threads (dispatch, batch prefetch, publishing,
-      evaluation) may use every CPU. Off with fewer than 2 CPUs and with several learner
-      processes (``distributed.num_processes > 1``).
+      (``i`` mod its size). Why: XLA gives every process a thread pool as wide as the machine,
+      and the small ops of an actor and of the learner then wait on each other's preempted
+      threads (docs/benchmarks.md). XLA's threads run the update on the learner's CPUs; the
+      learner's own threads (dispatch, batch prefetch, publishing, evaluation) may use every
+      CPU. Off with fewer than 2 CPUs and with several learner processes
+      (``distributed.num_processes > 1``).
     """
 
     total_env_steps: int = 1_000_000
@@ -294,7 +286,6 @@ POSITIVE = {
     "learner.epochs",
     "learner.minibatches",
     "learner.publish_every",
-    "learner.inject_nan_every",
     "train.max_nonfinite_in_row",
     "learner.gamma",
     "transport.slots_per_actor",
@@ -309,6 +300,10 @@ POSITIVE = {
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+# Types a value must already have, and how an error names them.
+_PLAIN = {bool: "true or false", int: "an integer", str: "a string", dict: "a mapping"}
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -334,20 +329,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list like [64, 64], got {value!r}")
         return tuple(_coerce(key, v, elem) for v in value)
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+    if tp in _PLAIN:
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            if tp is int and isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+            raise ConfigError(f"{key}: expected {_PLAIN[tp]}, got {value!r}")
+        return dict(value) if tp is dict else value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
@@ -357,10 +344,6 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
@@ -527,8 +510,6 @@ def validate(config: Config) -> None:
             f"train.deterministic needs learner.batch_unrolls ({config.learner.batch_unrolls}) "
             f"to be a multiple of actors.num ({config.actors.num})"
         )
-    if config.learner.inject_nan_from < 0:
-        raise ConfigError("learner.inject_nan_from: must be >= 0 (0: off)")
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
     dc = config.distributed
