@@ -68,7 +68,7 @@ def rlax_vtrace(log_rhos, discounts, rewards, values, bootstrap_value):
 @jax.jit
 def ours_gae(log_rhos, discounts, rewards, values, bootstrap_value):
     del log_rhos
-    return gae(rewards, values, bootstrap_value, discounts, 0.95).advantages
+    return gae(discounts, rewards, values, bootstrap_value, 0.95).advantages
 
 
 @jax.jit

@@ -15,8 +15,8 @@ same cores that the ceilings of ``throughput.py`` each have to themselves. So
 
 an estimate of what this machine can show, whatever the transport does. It is not a
 strict bound: a part alone spends CPU in XLA's thread pool that it does not spend when it
-shares the cores (on 2026-12-03 two estimates gave 34k and 42k env steps/s; throughput.py
-measured 45k for the same config).
+shares the cores, so the estimate can come out below what throughput.py measures end to end
+for the same config.
 """
 
 from __future__ import annotations
@@ -57,44 +57,36 @@ def measure(config_path: str, overrides: list[str]) -> dict:
     import jax
     import numpy as np
 
-    from jaxrl_impala.actor import Rollout, env_spaces, flatten_params
-    from jaxrl_impala.batches import concat_unrolls, to_batch
+    from jaxrl_impala import unroll
+    from jaxrl_impala.actor.rollout import Rollout
     from jaxrl_impala.config import load_config
-    from jaxrl_impala.learner import init_train_state, make_mesh, make_optimizer, make_update
-    from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train import Trainer
+    from jaxrl_impala.train.setup import setup
 
     config = load_config(config_path, ["train.compile_cache=", *overrides])
-    T, B, k = config.rollout.length, config.env.num_envs, config.learner.batch_unrolls
-
-    obs_space, action_space, terms = env_spaces(config)
-    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
-    optimizer = make_optimizer(config, 1000)
-    state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
-    update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(0))
-    state = jax.device_put(state, replicated)
-    trainer = Trainer.__new__(Trainer)
-    trainer.config = config
-    example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
+    T, B = config.rollout.length, config.env.num_envs
+    s = setup(config)
+    k = s.sizes["local_batch_unrolls"]
+    state = jax.device_put(s.init_state(jax.random.PRNGKey(0)), s.replicated)
+    example = unroll.to_frame(s.example_unroll())
     rng = np.random.default_rng(0)
     for name, v in example.items():  # non-degenerate inputs for the update
         if name.startswith("obs") and v.dtype == np.float32:
             example[name] = rng.normal(size=v.shape).astype(np.float32)
-    batch = put_batch(to_batch(concat_unrolls([example] * k)))
-    key = jax.device_put(np.asarray(jax.random.PRNGKey(1)), replicated)
+    batch = s.put_batch(unroll.batch_from_frame(unroll.concat([example] * k)))
+    key = jax.device_put(np.asarray(jax.random.PRNGKey(1)), s.replicated)
     box = [state]
 
     def learner_step():
-        box[0], _ = update(box[0], batch, key)
+        box[0], _ = s.update(box[0], batch, key)
         jax.block_until_ready(box[0])
 
     out = {"learner": _timed(learner_step, 10, k * B * T)}
 
     rollout = Rollout(config, actor_id=0)
     host = jax.device_get(box[0])
-    rollout.set_params(flatten_params(host.params, host.obs_stats))
+    rollout.set_params(unroll.params_to_frame(host.params, host.obs_stats))
     out["actor"] = _timed(lambda: rollout.unroll(0), 8, T * B)
-    actions = np.stack([action_space.sample() for _ in range(B)])
+    actions = np.stack([s.action_space.sample() for _ in range(B)])
     out["env_only"] = _timed(lambda: rollout.env.step(actions), 10 * T, B)
     rollout.env.close()
 
@@ -128,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.chdir(ROOT)
     if not args.all_cpus and hasattr(os, "sched_getaffinity"):
-        from jaxrl_impala.cpus import pin_process
+        from jaxrl_impala.runtime.cpus import pin_process
 
         pin_process({min(os.sched_getaffinity(0))})  # before JAX starts its threads
     out = measure(args.config, args.set)

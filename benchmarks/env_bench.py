@@ -60,15 +60,9 @@ def bench_one(name: str, make, n: int, steps: int, warmup: int) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", default="benchmarks/results/env_bench.json")
-    p.add_argument("--quick", action="store_true", help="few steps, fewer sizes")
-    p.add_argument("--sizes", type=int, nargs="*", default=None)
-    args = p.parse_args()
-    sizes = args.sizes or ([1, 64, 256] if args.quick else [1, 16, 64, 256, 1024])
-    steps, warmup = (60, 100) if args.quick else (300, 300)
-
+def measure(sizes: list[int], steps: int, warmup: int) -> list[dict]:
+    """One row per (env, size): the vector DrivingEnv, CartPole, a SyncVectorEnv of
+    DrivingEnvs, the DrivingEnv step run eagerly, and pixel observations."""
     print(f"{'env':34s} {'envs':>6s} {'ms/step':>10s} {'env steps/s':>14s}")
     rows = []
     for n in sizes:
@@ -126,6 +120,18 @@ def main() -> None:
             warmup // 2,
         )
     )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default="benchmarks/results/env_bench.json")
+    p.add_argument("--quick", action="store_true", help="few steps, fewer sizes")
+    p.add_argument("--sizes", type=int, nargs="*", default=None)
+    args = p.parse_args()
+    sizes = args.sizes or ([1, 64, 256] if args.quick else [1, 16, 64, 256, 1024])
+    steps, warmup = (60, 100) if args.quick else (300, 300)
+    rows = measure(sizes, steps, warmup)
 
     by = {(r["env"], r["num_envs"]): r["env_steps_per_s"] for r in rows}
     ratios = {}

@@ -11,10 +11,10 @@ forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``: they share t
 cores, so the CPU figures measure the sharding's overhead, not a speed-up. With GPUs the
 script uses the real ones (counts above the number of GPUs are skipped) and sets no flag.
 
-Network and sizes: `configs/driving.yaml` (APPO, MLP [128, 128], T=32, 2 epochs x 4
-minibatches, obs normalisation), vector observations of DrivingEnv's size
-(``DrivingVectorEnv(1).single_observation_space``, 77 if the env cannot be imported),
-continuous 3-d actions. Batch sizes are columns (unrolls x envs); samples = T x columns.
+Network and sizes: `configs/driving.yaml` (APPO, MLP [128, 128], T=32, obs normalisation),
+built by `jaxrl_impala.train.setup.setup` as a training run builds it, so the observations
+and actions are those of the env the config names (vector observations, continuous 3-d
+actions). Batch sizes are columns (unrolls x envs); samples = T x columns.
 """
 
 from __future__ import annotations
@@ -35,72 +35,65 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "driving.yaml"
 
 
-def obs_dim() -> tuple[int, str]:
-    """DrivingEnv's vector observation length, and where it came from."""
-    try:
-        from jaxrl_impala.envs import DrivingVectorEnv
-
-        env = DrivingVectorEnv(1)
-        try:
-            return int(env.single_observation_space.shape[0]), "DrivingVectorEnv"
-        finally:
-            env.close()
-    except Exception as e:  # noqa: BLE001 - another team edits the env; fall back to its size
-        print(f"DrivingVectorEnv unavailable ({e}); using a 77-dim observation", file=sys.stderr)
-        return 77, "fallback (77)"
-
-
 # --------------------------------------------------------------------------- the worker
+def random_batch(s, rng: np.random.Generator) -> dict:
+    """A host batch of ``s``'s shape (one process's share) with random contents."""
+    from jaxrl_impala import unroll
+
+    k = s.sizes["local_batch_unrolls"]
+    shapes = {  # one unroll's [T(+1), B, ...] -> k unrolls side by side
+        name: (v.shape[0], k * v.shape[1], *v.shape[2:])
+        for name, v in unroll.to_frame(s.example_unroll()).items()
+    }
+    batch = {
+        "obs": rng.normal(size=shapes["obs"]).astype(np.float32),
+        "actions": rng.uniform(-1, 1, shapes["actions"]).astype(np.float32),
+        "behaviour_logp": rng.normal(size=shapes["behaviour_logp"]).astype(np.float32),
+        "behaviour_dist": rng.normal(size=shapes["behaviour_dist"]).astype(np.float32),
+        "rewards": rng.normal(size=shapes["rewards"]).astype(np.float32),
+        "terminated": rng.random(shapes["terminated"]) < 0.01,
+        "truncated": rng.random(shapes["truncated"]) < 0.01,
+        "truncation_value": np.zeros(shapes["truncation_value"], np.float32),
+    }
+    assert set(batch) == set(unroll.BATCH_FIELDS), "the update's batch fields changed"
+    return batch
+
+
 def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
     """Runs in a subprocess that sees ``devices`` devices; returns one row per batch size."""
-    import gymnasium as gym
     import jax
 
-    from jaxrl_impala.actor import flatten_params
     from jaxrl_impala.config import load_config
-    from jaxrl_impala.learner import init_train_state, make_mesh, make_optimizer, make_update
-    from jaxrl_impala.networks import make_policy, sample_obs
+    from jaxrl_impala.train.setup import setup
     from jaxrl_impala.transport import encode
+    from jaxrl_impala.unroll import params_to_frame
 
-    dim, source = obs_dim()
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     rows = []
     for columns in batch_sizes:
-        base = load_config(CONFIG)
-        num_envs = base.env.num_envs
+        num_envs = load_config(CONFIG).env.num_envs
         config = load_config(
-            CONFIG, [f"learner.batch_unrolls={max(1, columns // num_envs)}", "actors.num=1"]
+            CONFIG,
+            [
+                f"learner.batch_unrolls={max(1, columns // num_envs)}",
+                f"learner.num_devices={devices}",
+                "actors.num=1",
+            ],
         )
         T = config.rollout.length
-        policy = make_policy(obs_space, act_space, config.network, config.learner.obs_norm)
-        optimizer = make_optimizer(config, 1000)
-        update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(devices))
-        state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
-        _, _, dist_params = policy.apply(state.params, None, sample_obs(obs_space, (1,)))
-        state = jax.device_put(state, replicated)
-        rng = np.random.default_rng(0)
-        n = config.learner.batch_unrolls * num_envs
-        batch = {
-            "obs": rng.normal(size=(T + 1, n, dim)).astype(np.float32),
-            "actions": rng.uniform(-1, 1, (T, n, 3)).astype(np.float32),
-            "behaviour_logp": rng.normal(size=(T, n)).astype(np.float32),
-            "behaviour_dist": rng.normal(size=(T, n, dist_params.shape[-1])).astype(np.float32),
-            "rewards": rng.normal(size=(T, n)).astype(np.float32),
-            "terminated": rng.random((T, n)) < 0.01,
-            "truncated": rng.random((T, n)) < 0.01,
-            "truncation_value": np.zeros((T, n), np.float32),
-        }
+        s = setup(config)
+        state = jax.device_put(s.init_state(jax.random.PRNGKey(0)), s.replicated)
+        batch = random_batch(s, np.random.default_rng(0))
+        n = s.sizes["batch_size"]
         times: dict[str, list[float]] = {"h2d": [], "update": [], "publish": []}
         for i in range(iters + 2):  # the first two: compile and warm-up
             t0 = time.perf_counter()
-            on_device = jax.block_until_ready(put_batch(batch))
+            on_device = jax.block_until_ready(s.put_batch(batch))
             t1 = time.perf_counter()
-            state, metrics = update(state, on_device, jax.random.PRNGKey(i))
+            state, metrics = s.update(state, on_device, jax.random.PRNGKey(i))
             jax.block_until_ready((state, metrics))
             t2 = time.perf_counter()
             host = jax.device_get((state.params, state.obs_stats))
-            frame = encode(flatten_params(*host), {"version": i})
+            frame = encode(params_to_frame(*host), {"version": i})
             t3 = time.perf_counter()
             if i >= 2:
                 times["h2d"].append(t1 - t0)
@@ -119,8 +112,8 @@ def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
                 "param_frame_bytes": len(frame),
                 "update_samples_per_s": samples / med["update"],
                 "total_samples_per_s": samples / sum(med.values()),
-                "obs_dim": dim,
-                "obs_source": source,
+                "obs_dim": int(np.prod(s.obs_space.shape)),
+                "obs_source": config.env.id,
                 "backend": jax.default_backend(),
                 "device_kind": jax.devices()[0].device_kind,
             }

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from _results import header, write
 
-from jaxrl_impala.cpus import ACTOR_CPU_ENV, pin_actor_from_env, pin_process, split_cpus
+from jaxrl_impala.runtime.cpus import ACTOR_CPU_ENV, pin_actor_from_env, pin_process, split_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
@@ -59,7 +59,7 @@ def _env_worker(num_envs: int, seconds: float, seed: int) -> None:
     pin_actor_from_env()  # before JAX starts its thread pool, as an actor does
     import jax
 
-    from jaxrl_impala.actor import make_vector_env
+    from jaxrl_impala.actor.envs import make_vector_env
     from jaxrl_impala.config import load_config
 
     config = load_config(ROOT / CONFIG, [f"env.num_envs={num_envs}"])
@@ -122,41 +122,27 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxrl_impala.actor import env_spaces
-    from jaxrl_impala.batches import concat_unrolls, to_batch
-    from jaxrl_impala.config import derived_sizes, load_config
-    from jaxrl_impala.distributed import start_host_copy
-    from jaxrl_impala.learner import (
-        init_train_state,
-        make_mesh,
-        make_optimizer,
-        make_update,
-    )
-    from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train import Trainer
+    from jaxrl_impala import unroll
+    from jaxrl_impala.config import load_config
+    from jaxrl_impala.runtime.distributed import start_host_copy
+    from jaxrl_impala.train.setup import setup
 
     config = load_config(ROOT / CONFIG, overrides)
-    obs_space, action_space, terms = env_spaces(config)
-    mesh = make_mesh(config.learner.num_devices)
-    sizes = derived_sizes(config, mesh.size)
-    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
-    optimizer = make_optimizer(config, 1000)
-    state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
-    update, put_batch, replicated = make_update(policy, optimizer, config, mesh)
-    state = jax.device_put(state, replicated)
+    s = setup(config)
     if split:  # then, as the trainer does, free the thread that dispatches the updates
         os.sched_setaffinity(0, split[0] + split[1])
-    trainer = Trainer(config, Path(tempfile.gettempdir()), resume=False)
-    example = trainer._example_unroll(policy, obs_space, action_space, terms, jax)
+    state = jax.device_put(s.init_state(jax.random.PRNGKey(0)), s.replicated)
+    example = unroll.to_frame(s.example_unroll())
     rng = np.random.default_rng(0)
     unrolls = []
-    for _ in range(config.learner.batch_unrolls):
+    for _ in range(s.sizes["local_batch_unrolls"]):
         u = {k: v.copy() for k, v in example.items()}
         for k, v in u.items():
             if v.dtype.kind == "f" and k not in ("episode_return",):
                 u[k] = rng.normal(size=v.shape).astype(v.dtype) * 0.1
         unrolls.append(u)
-    batch = to_batch(concat_unrolls(unrolls))
+    batch = unroll.batch_from_frame(unroll.concat(unrolls))
+    update, put_batch = s.update, s.put_batch
     snapshot = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
     key = jax.random.PRNGKey(1)
     for _ in range(3):  # compile
@@ -176,7 +162,7 @@ def _learner_worker(overrides: list[str], seconds: float) -> None:
         n += 1
     jax.device_get(in_flight)
     dt = time.perf_counter() - t0
-    print(json.dumps({"sps": n * sizes["env_steps_per_update"] / dt}), flush=True)
+    print(json.dumps({"sps": n * s.steps_per_update / dt}), flush=True)
 
 
 def learner_ceiling(overrides: list[str], seconds: float) -> dict:

@@ -146,7 +146,7 @@ def run_ours(algo: str, env: str, seed: int, target: float, max_s: float, extra)
 
 def driving_kwargs() -> dict:
     """The env options of configs/driving.yaml: SB3 sees the same observations as ours."""
-    from jaxrl_impala.actor import env_kwargs
+    from jaxrl_impala.actor.envs import env_kwargs
     from jaxrl_impala.config import load_config
 
     return env_kwargs(load_config(ROOT / "configs/driving.yaml"))
@@ -255,7 +255,7 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one seed, CartPole only: ~2-3 minutes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
             print("stable-baselines3 is not installed: sb3_ppo is left out", file=sys.stderr)
             args.systems = [s for s in args.systems if s != "sb3_ppo"]
             args.driving_systems = [s for s in args.driving_systems if s != "sb3_ppo"]
-    caches = ("cold", "warm") if args.compile_cache == "both" else (args.compile_cache,)
+    return args
+
+
+def make_plan(args: argparse.Namespace, caches: tuple[str, ...]) -> list[tuple]:
+    """``(env, system, seed, compile_cache)`` of every timed run, in order."""
     plan = [
         ("CartPole-v1", s, seed, cache)
         for seed in args.seeds
@@ -300,10 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.driving_seeds
         for s in args.driving_systems
     ]
-    targets = {"CartPole-v1": CARTPOLE_TARGET}
-    scripted = None
-    if args.driving_systems:
-        targets["DrivingEnv"], scripted = driving_target(args.driving_fraction)
+    return plan
+
+
+def run_plan(plan: list[tuple], targets: dict, args, caches: tuple[str, ...]) -> list[dict]:
+    """Runs the plan (with an untimed warm-up run per system where the cache is warm)."""
     rows = []
     cache_dir = tempfile.TemporaryDirectory(prefix="jaxrl_impala_bench_xla_")
     warmed: set = set()
@@ -328,6 +333,45 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{env:12s} {system:8s} {cache:4s} seed {seed}: {s:>9} "
               f"({r['env_steps_to_target'] or '-'} env steps)", flush=True)  # fmt: skip
     cache_dir.cleanup()
+    return rows
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import jax
+
+    out = {"jax": jax.__version__, "gymnasium": gymnasium.__version__}
+    try:
+        import stable_baselines3
+        import torch
+
+        out.update(stable_baselines3=stable_baselines3.__version__, torch=torch.__version__)
+    except ImportError:
+        pass
+    return out
+
+
+RESULT_KEYS = (
+    "system",
+    "env",
+    "seed",
+    "compile_cache",
+    "seconds_to_target",
+    "env_steps_to_target",
+    "final_eval_return",
+    "command_seconds",
+)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    caches = ("cold", "warm") if args.compile_cache == "both" else (args.compile_cache,)
+    plan = make_plan(args, caches)
+    targets = {"CartPole-v1": CARTPOLE_TARGET}
+    scripted = None
+    if args.driving_systems:
+        targets["DrivingEnv"], scripted = driving_target(args.driving_fraction)
+    rows = run_plan(plan, targets, args, caches)
     summary = summarise(rows)
     print(f"\n{'env':12s} {'system':8s} {'cache':5s} {'reached':>7} {'median s':>9} "
           f"{'median steps':>12}")  # fmt: skip
@@ -336,39 +380,13 @@ def main(argv: list[str] | None = None) -> dict:
         steps = "-" if s["median_env_steps"] is None else f"{s['median_env_steps']:,}"
         print(f"{s['env']:12s} {s['system']:8s} {s['compile_cache']:5s} {s['reached']:>7} "
               f"{med:>9} {steps:>12}")  # fmt: skip
-    import gymnasium
-    import jax
-
-    versions = {"jax": jax.__version__, "gymnasium": gymnasium.__version__}
-    try:
-        import stable_baselines3
-        import torch
-
-        versions.update(stable_baselines3=stable_baselines3.__version__, torch=torch.__version__)
-    except ImportError:
-        pass
     result = {
         **header("time_to_solve"),
-        "versions": versions,
+        "versions": versions(),
         "args": vars(args),
         "targets": targets,
         "driving_scripted_return": scripted,
-        "results": [
-            {
-                k: r[k]
-                for k in (
-                    "system",
-                    "env",
-                    "seed",
-                    "compile_cache",
-                    "seconds_to_target",
-                    "env_steps_to_target",
-                    "final_eval_return",
-                    "command_seconds",
-                )
-            }
-            for r in rows
-        ],  # fmt: skip
+        "results": [{k: r[k] for k in RESULT_KEYS} for r in rows],
         "summary": summary,
     }
     write(result, ROOT / args.json, ROOT / args.png, plot)

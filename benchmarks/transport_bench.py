@@ -9,8 +9,9 @@ Each case: `--producers` producer processes (plain `connect_actor` clients, like
 same zero unroll as fast as the queue takes it (``block`` policy, 4 slots per producer); the
 learner process `get`s, validates against the spec and copies every array out (as the trainer
 does) for `--seconds`. Redis runs on a local ``redis-server`` started here (see
-`tests/redis_server.py`) unless ``--url`` names one. Unroll layout = `jaxrl_impala.actor`'s:
-obs [T+1, B, ...], actions [T, B, 3], behaviour_logp/dist, rewards, flags, episode stats.
+`tests/redis_server.py`) unless ``--url`` names one. Unroll layout = `jaxrl_impala.unroll`'s
+frame of an `Unroll`: obs [T+1, B, ...], actions [T, B, 3], behaviour_logp/dist, rewards,
+flags, episode stats.
 All processes share this machine's cores, so the figures are for the whole pipeline on it.
 """
 
@@ -53,22 +54,19 @@ def obs_sizes() -> tuple[int, int]:
 
 
 def make_unroll(obs: str, T: int, B: int) -> dict[str, np.ndarray]:
-    """A zero unroll with the trainer's fields for DrivingEnv (continuous actions, 7 terms)."""
+    """A zero unroll frame with the trainer's fields for DrivingEnv (continuous actions,
+    7 reward terms)."""
+    from jaxrl_impala import unroll
+
     vec, side = obs_sizes()
-    shape = (T + 1, B, vec) if obs == "vector" else (T + 1, B, side, side, 3)
-    return {
-        "obs": np.zeros(shape, np.float32 if obs == "vector" else np.uint8),
-        "actions": np.zeros((T, B, 3), np.float32),
-        "behaviour_logp": np.zeros((T, B), np.float32),
-        "behaviour_dist": np.zeros((T, B, 6), np.float32),
-        "rewards": np.zeros((T, B), np.float32),
-        "terminated": np.zeros((T, B), bool),
-        "truncated": np.zeros((T, B), bool),
-        "truncation_value": np.zeros((T, B), np.float32),
-        "episode_return": np.zeros((T, B), np.float32),
-        "episode_length": np.zeros((T, B), np.int32),
-        "episode_terms": np.zeros((T, B, 7), np.float32),
-    }
+    row = (
+        np.zeros((B, vec), np.float32)
+        if obs == "vector"
+        else np.zeros((B, side, side, 3), np.uint8)
+    )
+    actions = np.zeros((B, 3), np.float32)
+    # 6: a diagonal Gaussian's mean and log-std over the 3 actions
+    return unroll.to_frame(unroll.example(T, B, row, actions, dist_size=6, num_terms=7))
 
 
 def producer(address: dict, producer_id: int, obs: str, T: int, B: int) -> None:
@@ -222,7 +220,7 @@ def env_rate(obs: str, B: int, T: int, actors: int, seconds: float) -> dict | No
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short cases, no training runs")
     parser.add_argument(
@@ -242,16 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time a pixel-obs training run (very slow on a CPU-only machine)",
     )
     parser.add_argument("--producer", nargs=5, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.producer:
-        address, pid, obs, T, B = args.producer
-        producer(json.loads(address), int(pid), obs, int(T), int(B))
-        return 0
+    return parser.parse_args(argv)
 
-    seconds = args.seconds or (3.0 if args.quick else 10.0)
-    train_steps = args.train_steps
-    if train_steps is None:
-        train_steps = 0 if args.quick else 60_000
+
+def transport_cases(args: argparse.Namespace, seconds: float) -> list[dict]:
+    """Every (obs, transport) case; Redis on ``--url`` or on a server started here."""
     server = None
     url = args.url
     if url is None:
@@ -262,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             server = RedisServer().start()
             url = server.url
-    results, training, bounds = [], [], []
+    results = []
     try:
         for obs in ("vector", "pixels"):
             for kind in ("shm", "redis"):
@@ -278,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
+    return results
+
+
+def demand(args: argparse.Namespace, train_steps: int) -> tuple[list[dict], list[dict]]:
+    """What the actors ask of the transport: the env bound and the training runs' rates."""
+    bounds, training = [], []
     for obs in ("vector", "pixels"):
         r = env_rate(obs, args.B, args.T, 2, 2.0 if args.quick else 5.0)
         if r is not None:
@@ -292,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                 if r is not None:
                     training.append(r)
                     print(f"  train {obs:6s} {r['unrolls_per_s']:8.1f} unrolls/s", flush=True)
+    return bounds, training
 
+
+def print_table(results: list[dict], bounds: list[dict], training: list[dict], args) -> None:
+    """The table; adds each case's ratios (vs shm, vs the env bound, vs training) to it."""
     need = {r["obs"]: r["unrolls_per_s"] for r in training}
     bound = {r["obs"]: r["unrolls_per_s"] for r in bounds}
     by = {(r["transport"], r["obs"]): r for r in results}
@@ -324,6 +327,22 @@ def main(argv: list[str] | None = None) -> int:
             f"training run ({r['obs']}, {r['actors']} actors x {r['B']} envs, T={r['T']}): "
             f"{r['env_steps_per_s']:.0f} env steps/s = {r['unrolls_per_s']:.1f} unrolls/s"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.producer:
+        address, pid, obs, T, B = args.producer
+        producer(json.loads(address), int(pid), obs, int(T), int(B))
+        return 0
+
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    train_steps = args.train_steps
+    if train_steps is None:
+        train_steps = 0 if args.quick else 60_000
+    results = transport_cases(args, seconds)
+    bounds, training = demand(args, train_steps)
+    print_table(results, bounds, training, args)
     report = {
         "benchmark": "transport_bench",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
