@@ -132,3 +132,35 @@ def test_the_checks_catch_what_they_look_for():
     assert cycles(graph) == [
         ["jaxrl_impala.io.metrics", "jaxrl_impala.io.plots", "jaxrl_impala.io.metrics"]
     ]
+
+
+def long_functions(root: Path = PACKAGE, max_lines: int = 100, max_positional: int = 8):
+    """Functions over ``max_lines`` lines or with more than ``max_positional`` positional
+    parameters (``self`` and ``cls`` not counted)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args
+            positional = len(args.posonlyargs) + len(args.args)
+            if args.args and args.args[0].arg in ("self", "cls"):
+                positional -= 1
+            lines = node.end_lineno - node.lineno + 1
+            if lines > max_lines or positional > max_positional:
+                out.append(
+                    f"{path.name}:{node.lineno} {node.name}: {lines} lines, {positional} positional"
+                )
+    return out
+
+
+def test_no_function_is_over_100_lines_or_8_positional_parameters(tmp_path):
+    assert long_functions() == []
+    (tmp_path / "m.py").write_text(
+        "def f(a, b, c, d, e, f, g, h, i):\n    pass\n\n\nclass C:\n    def g(self, *, a):\n"
+        + "        x = 1\n" * 100
+    )
+    assert long_functions(tmp_path) == [
+        "m.py:1 f: 2 lines, 9 positional",
+        "m.py:6 g: 101 lines, 0 positional",
+    ]

@@ -89,3 +89,13 @@ def test_a_replaced_checkpoint_does_not_count_against_the_kept_three(tmp_path):
         ckpt.save(_state(), {"env_steps": steps, "wall_time_s": 0.0})
     names = [p.name for p in ckpt.list()]
     assert names == ["ckpt_000000000064", "ckpt_000000000128", "ckpt_000000000192_1"]
+
+
+def test_newest_checkpoint_steps_reads_the_newest_name(tmp_path):
+    from jaxrl_impala.io.checkpoints import newest_checkpoint_steps
+
+    assert newest_checkpoint_steps(tmp_path) == 0
+    for steps in (4096, 123456, 8192):
+        (tmp_path / "checkpoints" / f"ckpt_{steps:012d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".tmp_ckpt_000000999999_1").mkdir()  # a write in progress
+    assert newest_checkpoint_steps(tmp_path) == 123456

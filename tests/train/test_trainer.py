@@ -13,7 +13,6 @@ import time
 
 import psutil
 import pytest
-from compiles import backend_compiles
 from runs import (
     DEBUG,
     ROOT,
@@ -29,118 +28,6 @@ from runs import (
 from jaxrl_impala.runtime.cpus import split_cpus
 
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
-
-
-@pytest.mark.parametrize(
-    "cpus, expected",
-    [
-        ({0}, None),
-        ({0, 1}, ([0], [1])),
-        ({0, 1, 2}, ([0, 1], [2])),
-        ({4, 5, 6, 7}, ([4, 5], [6, 7])),
-    ],
-)
-def test_split_cpus_gives_the_learner_the_first_half(monkeypatch, cpus, expected):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
-    assert split_cpus() == expected
-
-
-def test_wall_time_counts_from_the_process_start_including_imports():
-    # The process sleeps 0.5 s before it imports train.py: a clock started at the import
-    # would miss that half second, and one in the future would make it negative.
-    code = (
-        "import time; t = time.time(); time.sleep(0.5)\n"
-        "from jaxrl_impala.io.rundir import START_TIME\n"
-        "print(t - START_TIME)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before_t = float(out.stdout)
-    assert 0.0 <= before_t < 3.0, before_t
-
-
-def test_newest_checkpoint_steps_reads_the_newest_name(tmp_path):
-    from jaxrl_impala.io.checkpoints import newest_checkpoint_steps
-
-    assert newest_checkpoint_steps(tmp_path) == 0
-    for steps in (4096, 123456, 8192):
-        (tmp_path / "checkpoints" / f"ckpt_{steps:012d}").mkdir(parents=True)
-    (tmp_path / "checkpoints" / ".tmp_ckpt_000000999999_1").mkdir()  # a write in progress
-    assert newest_checkpoint_steps(tmp_path) == 123456
-
-
-def test_the_compile_cache_keeps_sub_second_compiles(tmp_path):
-    code = (
-        "import sys, jax\n"
-        "from jaxrl_impala.runtime.compile_cache import use_compile_cache\n"
-        "use_compile_cache(sys.argv[1])\n"
-        "jax.jit(lambda x: x * 2.0 + 1.0)(1.0).block_until_ready()\n"
-    )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "xla")], env=env, check=True)
-    assert list((tmp_path / "xla").iterdir()), "nothing was written to the cache"
-
-
-def test_in_turn_holds_a_second_process_until_the_first_is_done(tmp_path):
-    from jaxrl_impala.runtime.compile_cache import in_turn
-
-    code = (
-        "import sys\n"
-        "from jaxrl_impala.runtime.compile_cache import in_turn\n"
-        "print('ready', flush=True)\n"
-        "with in_turn(sys.argv[1]):\n"
-        "    print('in', flush=True)\n"
-    )
-    with in_turn(str(tmp_path)):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout.readline() == "ready\n"
-        time.sleep(0.5)
-        assert proc.poll() is None, "the second process got in while the first held the lock"
-    out, _ = proc.communicate(timeout=30)
-    assert out == "in\n" and proc.returncode == 0
-    with in_turn(""):  # no cache: no lock, nothing to wait for
-        pass
-
-
-@pytest.mark.parametrize(
-    "num_actors, actor_cpus, own", [(2, [1], False), (2, [2, 3], True), (2, None, False)]
-)
-def test_actors_take_turns_unless_each_has_a_cpu(tmp_path, num_actors, actor_cpus, own):
-    from jaxrl_impala.config import load_config
-    from jaxrl_impala.runtime.cpus import ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV
-    from jaxrl_impala.runtime.supervisor import ActorSupervisor
-
-    config = load_config(None, [f"actors.num={num_actors}"])
-    supervisor = ActorSupervisor(config, tmp_path, actor_cpus=actor_cpus)
-    for i in range(num_actors):
-        env = supervisor.actor_env(i)
-        assert (env.get(ACTOR_OWN_CPU_ENV) == "1") == own
-        assert env.get(ACTOR_CPU_ENV) == (
-            str(actor_cpus[i % len(actor_cpus)]) if actor_cpus else None
-        )
-
-
-def test_the_eval_step_compiled_ahead_serves_the_first_evaluation():
-    import jax
-
-    from jaxrl_impala.actor.envs import env_spaces
-    from jaxrl_impala.config import load_config
-    from jaxrl_impala.learner import init_train_state, make_optimizer, train_state_shapes
-    from jaxrl_impala.networks import make_policy
-    from jaxrl_impala.train.evaluation import compile_eval_step, evaluate
-
-    config = load_config(None, ["env.id=CartPole-v1", "network.hidden=[8]"])
-    obs_space, action_space, _ = env_spaces(config)
-    policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
-    optimizer = make_optimizer(config, 1)
-    compile_eval_step(policy, obs_space, train_state_shapes(policy, obs_space, optimizer), 3)
-    state = jax.device_get(init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0)))
-
-    with backend_compiles() as compiled:
-        returns = evaluate(config, policy, state.params, state.obs_stats, 3, seed=0)
-    assert returns.shape == (3,) and (returns >= 8).all()  # CartPole lasts 8+ steps
-    assert not [f for f in compiled if "step" in f], compiled
 
 
 @pytest.fixture(autouse=True)

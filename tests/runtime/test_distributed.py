@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from redis_server import find_redis_server, free_port, redis_server  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE = str(ROOT / "configs" / "cartpole.yaml")
 DIGEST = re.compile(r"process (\d): final params sha256 ([0-9a-f]{64})")
 

@@ -215,8 +215,7 @@ def test_evaluation_counts_how_each_episode_ended(vec_env):
     from jaxrl_impala.actor.envs import env_spaces
     from jaxrl_impala.config import load_config
     from jaxrl_impala.networks import make_policy, sample_obs
-    from jaxrl_impala.train.evaluation import evaluate
-    from jaxrl_impala.train.evaluation import greedy_step as _greedy_step
+    from jaxrl_impala.train.evaluation import evaluate, greedy_step
 
     kwargs = ",".join(f"{k}: {v}" for k, v in SHORT.items())
     config = load_config(None, [f"env.kwargs={{{kwargs}}}", "network.hidden=[8]"])
@@ -229,7 +228,7 @@ def test_evaluation_counts_how_each_episode_ended(vec_env):
     assert set(ends) == {"collision", "offroad", "route_end", "time_limit"}
     assert sum(ends.values()) == NUM_ENVS, ends  # each episode counted once, autoresets not
     # the same greedy rollout by hand, each env's first episode classified by route completion
-    step = _greedy_step(policy)
+    step = greedy_step(policy)
     obs, _ = vec_env.reset(seed=0)
     want = dict.fromkeys(ends, 0)
     ret, done = np.zeros(NUM_ENVS), np.zeros(NUM_ENVS, bool)

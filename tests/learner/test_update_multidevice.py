@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 # Wall-clock quantities differ run to run; every other numeric key must match.

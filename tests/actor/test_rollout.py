@@ -7,7 +7,7 @@ import pytest
 
 from jaxrl_impala.actor.rollout import Rollout, restart_seed
 from jaxrl_impala.config import load_config
-from jaxrl_impala.unroll import params_to_frame as flatten_params
+from jaxrl_impala.unroll import params_to_frame
 
 
 def _first_unroll(incarnation: int) -> dict:
@@ -16,7 +16,7 @@ def _first_unroll(incarnation: int) -> dict:
     zeros = jax.tree.map(
         lambda t: np.zeros(t.shape, t.dtype), (rollout.params_template, rollout.stats_template)
     )
-    rollout.set_params(flatten_params(*zeros))
+    rollout.set_params(params_to_frame(*zeros))
     arrays, _ = rollout.unroll(policy_version=0)
     rollout.env.close()
     return arrays
@@ -46,7 +46,7 @@ def _random_params(rollout: Rollout, seed: int) -> dict:
         lambda t: rng.normal(0.0, 1.0, t.shape).astype(t.dtype), rollout.params_template
     )
     stats = jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), rollout.stats_template)
-    return flatten_params(params, stats)
+    return params_to_frame(params, stats)
 
 
 @pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
@@ -122,17 +122,3 @@ def test_warm_up_compiles_what_the_unrolls_call_and_changes_nothing(fused):
     assert _cache_sizes(warm) == compiled, "an unroll compiled again after the warm-up"
     warm.env.close()
     cold.env.close()
-
-
-def test_the_address_on_stdin_is_one_json_object_and_end_of_input_means_stop(monkeypatch):
-    import io
-
-    from jaxrl_impala.actor.process import address_from_stdin as _address_from_stdin
-
-    monkeypatch.setattr("sys.stdin", io.StringIO('{"kind": "shm", "name": "x"}\n'))
-    assert _address_from_stdin() == {"kind": "shm", "name": "x"}
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    assert _address_from_stdin() is None
-    monkeypatch.setattr("sys.stdin", io.StringIO("[1, 2]\n"))
-    with pytest.raises(ValueError, match="not a JSON object"):
-        _address_from_stdin()

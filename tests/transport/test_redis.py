@@ -28,7 +28,7 @@ from jaxrl_impala.transport import (
     redis_address,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 CARTPOLE = str(ROOT / "configs" / "cartpole.yaml")
 CHILD_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}

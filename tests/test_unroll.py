@@ -1,0 +1,46 @@
+"""The Unroll's frame layout: to frame fields and back, and the params frame."""
+
+import jax
+import numpy as np
+
+from jaxrl_impala import unroll
+
+
+def _example(obs_row, num_terms=2):
+    action = np.zeros((3, 2), np.float32)
+    return unroll.example(4, 3, obs_row, action, dist_size=4, num_terms=num_terms)
+
+
+def test_frame_fields_are_the_unroll_fields_with_dict_observations_flattened():
+    u = _example({"lidar": np.zeros((3, 5), np.float32), "image": np.zeros((3, 2, 2), np.uint8)})
+    fields = unroll.to_frame(u)
+    assert {"obs__lidar", "obs__image"} <= set(fields) and "obs" not in fields
+    assert set(fields) - {"obs__lidar", "obs__image"} == set(unroll.Unroll._fields) - {"obs"}
+    assert fields["obs__lidar"].shape == (5, 3, 5) and fields["actions"].shape == (4, 3, 2)
+    assert fields["terminated"].dtype == np.bool_ and fields["episode_length"].dtype == np.int32
+    batch = unroll.batch_from_frame(unroll.concat([fields, fields]))
+    assert set(batch) == set(unroll.BATCH_FIELDS)
+    assert batch["obs"]["image"].shape == (5, 6, 2, 2) and batch["rewards"].shape == (4, 6)
+
+
+def test_an_absent_field_is_left_out_of_the_frame():
+    u = _example(np.zeros((3, 5), np.float32), num_terms=0)
+    assert u.episode_terms is None and "episode_terms" not in unroll.to_frame(u)
+
+
+def test_cast_gives_every_fixed_field_its_dtype():
+    u = _example(np.zeros((3, 5), np.float32))
+    wide = u._replace(rewards=u.rewards.astype(np.float64), terminated=u.terminated.astype(int))
+    cast = unroll.cast(wide)
+    assert cast.rewards.dtype == np.float32 and cast.terminated.dtype == np.bool_
+
+
+def test_params_travel_as_a_frame_and_come_back_in_their_tree():
+    params = {"dense": {"kernel": np.arange(6.0).reshape(2, 3), "bias": np.ones(3)}}
+    stats = (np.zeros(2), np.float32(3.0))
+    arrays = unroll.params_to_frame(params, stats)
+    assert sorted(arrays) == ["p0000", "p0001", "s0000", "s0001"]
+    back_params, back_stats = unroll.params_from_frame(arrays, params, stats)
+    want, got = jax.tree.leaves((params, stats)), jax.tree.leaves((back_params, back_stats))
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
