@@ -800,27 +800,14 @@ def _step_pedestrians(cfg: DrivingConfig, state: EnvState, rnd: _Draws) -> EnvSt
     )
 
 
-def step(cfg: DrivingConfig, state: EnvState, action: jax.Array):
-    """One transition of one env.
-
-    Args:
-        cfg: the static config.
-        state: the env state.
-        action: float32 [3], continuous controls (steer, throttle, brake) in [-1, 1]; throttle and
-            brake act on their positive part.
+def _ego_motion(cfg: DrivingConfig, state: EnvState, steer, throttle, brake):
+    """The ego's kinematic bicycle step with a friction circle.
 
     Returns:
-        ``(state, reward, terminated, truncated, info, obs_key)``; ``info`` holds
-        ``reward_terms`` (dict of float32 []), ``collision``, ``offroad``, ``skid`` (bool []),
-        ``route_completion`` (float32 []), ``episode_return`` and ``episode_length``.
+        ``(x, y, psi, v_new, a_real, demand, grip, skid)``: the new pose and speed, the
+        realised acceleration, the tyre force demanded and available, and whether it skids.
     """
     dt = cfg.dt
-    key, k_step = jax.random.split(state.key)
-    k_obs = k_step ^ jnp.uint32(0x5BD1E995)  # a different stream for observation noise
-    action = jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
-    steer, throttle, brake = action[0], jnp.maximum(action[1], 0.0), jnp.maximum(action[2], 0.0)
-
-    # ---- ego: kinematic bicycle with a friction circle -----------------------------------------
     v = state.v
     delta = steer * cfg.max_steer
     kappa_cmd = jnp.tan(delta) / cfg.wheelbase
@@ -845,6 +832,30 @@ def step(cfg: DrivingConfig, state: EnvState, action: jax.Array):
     x = state.x + (v_mid * jnp.cos(heading_mid) - drift * jnp.sin(heading_mid)) * dt
     y = state.y + (v_mid * jnp.sin(heading_mid) + drift * jnp.cos(heading_mid)) * dt
     a_real = (v_new - v) / dt
+    return x, y, psi, v_new, a_real, demand, grip, skid
+
+
+def step(cfg: DrivingConfig, state: EnvState, action: jax.Array):
+    """One transition of one env.
+
+    Args:
+        cfg: the static config.
+        state: the env state.
+        action: float32 [3], continuous controls (steer, throttle, brake) in [-1, 1]; throttle and
+            brake act on their positive part.
+
+    Returns:
+        ``(state, reward, terminated, truncated, info, obs_key)``; ``info`` holds
+        ``reward_terms`` (dict of float32 []), ``collision``, ``offroad``, ``skid`` (bool []),
+        ``route_completion`` (float32 []), ``episode_return`` and ``episode_length``.
+    """
+    dt = cfg.dt
+    key, k_step = jax.random.split(state.key)
+    k_obs = k_step ^ jnp.uint32(0x5BD1E995)  # a different stream for observation noise
+    action = jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
+    steer, throttle, brake = action[0], jnp.maximum(action[1], 0.0), jnp.maximum(action[2], 0.0)
+
+    x, y, psi, v_new, a_real, demand, grip, skid = _ego_motion(cfg, state, steer, throttle, brake)
     seg, s_new, d, road_psi = _project(state, state.seg, x, y)
 
     new = state._replace(

@@ -97,6 +97,27 @@ def stratified_permutation(key: jax.Array, batch_size: int, num_minibatches: int
     return (perms + blocks).T.astype(jnp.int32)
 
 
+def split_minibatches(
+    data: dict, key: jax.Array, num_mb: int, mb_size: int, sharding: NamedSharding
+) -> dict:
+    """``data`` (leaves ``[T(+1), N, ...]``) cut into minibatches of whole columns: every leaf
+    ``[num_mb, T(+1), mb_size, ...]``, the columns drawn by `stratified_permutation`."""
+    if num_mb == 1:
+        return jax.tree.map(lambda x: x[None], data)
+    cols = stratified_permutation(key, num_mb * mb_size, num_mb)  # [num_mb, mb_size]
+    # Column b * num_mb + i is entry i of block b. The gather runs block by block (vmap over
+    # the sharded block axis), so each device reads only its own columns.
+    within = (cols % num_mb).T  # [mb_size (blocks), num_mb]
+
+    def split(x):
+        blocks = x.reshape(x.shape[0], mb_size, num_mb, *x.shape[2:])
+        picked = jax.vmap(lambda b, i: b[:, i], in_axes=(1, 0), out_axes=1)(blocks, within)
+        out = jnp.moveaxis(picked, 2, 0)  # [num_mb, T, mb_size, ...]
+        return jax.lax.with_sharding_constraint(out, sharding)
+
+    return jax.tree.map(split, data)
+
+
 def make_update(
     policy: Policy,
     optimizer: optax.GradientTransformation,
@@ -150,29 +171,10 @@ def make_update(
             "discounts": discounts,
         }
         data = algorithm.prepare(state.params, state.obs_stats, data)
-        n = sizes["batch_size"]
-
-        def shuffle(key) -> dict:
-            """``data`` cut into minibatches: every leaf ``[num_mb, T(+1), mb_size, ...]``."""
-            if num_mb == 1:
-                return jax.tree.map(lambda x: x[None], data)
-            cols = stratified_permutation(key, n, num_mb)  # [num_mb, mb_size]
-            # Column b * num_mb + i is entry i of block b. The gather runs block by block
-            # (vmap over the sharded block axis), so each device reads only its own columns.
-            within = (cols % num_mb).T  # [mb_size (blocks), num_mb]
-
-            def split(x):
-                blocks = x.reshape(x.shape[0], mb_size, num_mb, *x.shape[2:])
-                picked = jax.vmap(lambda b, i: b[:, i], in_axes=(1, 0), out_axes=1)(
-                    blocks, within
-                )  # [T, mb_size, num_mb, ...]
-                out = jnp.moveaxis(picked, 2, 0)
-                return jax.lax.with_sharding_constraint(out, minibatch_columns)
-
-            return jax.tree.map(split, data)
 
         def epoch(state, key):
-            return jax.lax.scan(sgd_step, state, shuffle(key))
+            minibatches = split_minibatches(data, key, num_mb, mb_size, minibatch_columns)
+            return jax.lax.scan(sgd_step, state, minibatches)
 
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, algorithm.epochs))
         metrics = jax.tree.map(jnp.mean, metrics)
