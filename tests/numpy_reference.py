@@ -103,3 +103,16 @@ def gaussian_kl(mean1, log_std1, mean2, log_std2):
     m1, l1, m2, l2 = (np.asarray(a, np.float64) for a in (mean1, log_std1, mean2, log_std2))
     s1, s2 = np.exp(l1), np.exp(l2)
     return np.sum(np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5, axis=-1)
+
+
+def make_inputs(seed, t=9, b=4, rho_scale=1.0, done_prob=0.2):
+    """Random inputs whose rhos land on both sides of every threshold, with episode ends."""
+    rng = np.random.default_rng(seed)
+    done = rng.random((t, b)) < done_prob
+    return dict(
+        log_rhos=rng.normal(0.0, rho_scale, (t, b)).astype(np.float32),
+        discounts=(0.9 * ~done).astype(np.float32),
+        rewards=rng.normal(size=(t, b)).astype(np.float32),
+        values=rng.normal(size=(t, b)).astype(np.float32),
+        bootstrap_value=rng.normal(size=(b,)).astype(np.float32),
+    )

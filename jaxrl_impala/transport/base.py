@@ -2,9 +2,10 @@
 latest-parameters store (one learner -> many actors).
 
 Implementations: `shm.py` (embedded default, one host), `redis.py` (actors on other
-hosts) and `memory.py` (one process); shm and Redis pass `tests/transport/test_contract.py`. Everything that crosses the transport is a `codec` frame:
-never pickle. Handles a child process needs are plain strings and ints, so actors can be
-started with `subprocess.Popen` and attach by name.
+hosts) and `memory.py` (one process); shm and Redis pass `tests/transport/test_contract.py`.
+Everything that crosses the transport is a `codec` frame: never pickle. Handles a child
+process needs are plain strings and ints, so actors can be started with `subprocess.Popen`
+and attach by name.
 """
 
 from __future__ import annotations

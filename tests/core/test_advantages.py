@@ -7,7 +7,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 from hypothesis import given, settings
-from test_vtrace import make_inputs
+from numpy_reference import make_inputs
 
 from jaxrl_impala import gae, lambda_returns
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
 import pytest
-from test_vtrace import make_inputs
+from numpy_reference import make_inputs
 
 from jaxrl_impala import (
     appo_loss,

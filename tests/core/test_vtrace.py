@@ -10,6 +10,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 from hypothesis import given, settings
+from numpy_reference import make_inputs
 
 from jaxrl_impala import gae, lambda_returns, vtrace
 
@@ -19,19 +20,6 @@ _vtrace_jit = jax.jit(
     vtrace,
     static_argnames=("clip_rho_threshold", "clip_c_threshold", "clip_pg_rho_threshold"),
 )
-
-
-def make_inputs(seed, t=T, b=B, rho_scale=1.0, done_prob=0.2):
-    """Random inputs whose rhos land on both sides of every threshold, with episode ends."""
-    rng = np.random.default_rng(seed)
-    done = rng.random((t, b)) < done_prob
-    return dict(
-        log_rhos=rng.normal(0.0, rho_scale, (t, b)).astype(np.float32),
-        discounts=(0.9 * ~done).astype(np.float32),
-        rewards=rng.normal(size=(t, b)).astype(np.float32),
-        values=rng.normal(size=(t, b)).astype(np.float32),
-        bootstrap_value=rng.normal(size=(b,)).astype(np.float32),
-    )
 
 
 CLIPS = [

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from redis_runs import CHILD_ENV, DEBUG, ROOT, finish, read_metrics, train, wait_for
 from redis_server import RedisServer, find_redis_server, free_port
-from test_redis import CHILD_ENV, DEBUG, ROOT, finish, read_metrics, train, wait_for
 
 from jaxrl_impala.transport import (
     RedisTransportError,

@@ -3,19 +3,18 @@ Redis, hostile frames are rejected during a run and a standalone actor joins it.
 restart mid-run and bad URLs are in ``tests/faults/test_redis_faults.py``.)
 
 Training runs cost ~15 s each of JAX start-up on 2 cores, so there are three of them; the
-transport itself is covered by `test_transport_contract.py` (parametrised over Redis too).
+transport itself is covered by `tests/transport/test_contract.py` (parametrised over Redis too).
 """
 
-import json
 import os
 import pickle
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from redis_runs import CARTPOLE, CHILD_ENV, DEBUG, ROOT, finish, read_metrics, train, wait_for
 from redis_server import RedisServer, find_redis_server, free_port, redis_server  # noqa: F401
 
 from jaxrl_impala.transport import (
@@ -27,51 +26,6 @@ from jaxrl_impala.transport import (
     make_prefix,
     redis_address,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-DEBUG = str(ROOT / "configs" / "debug.yaml")
-CARTPOLE = str(ROOT / "configs" / "cartpole.yaml")
-CHILD_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-
-def train(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jaxrl_impala.train", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=CHILD_ENV,
-        **kwargs,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class MakesMarker:
