@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                 # 1, 2, 4 actors x 32, 64, 128 envs
     python benchmarks/throughput.py --quick --json /tmp/throughput.json    # 2-3 minutes
+    python benchmarks/throughput.py --quick --mode on_device                # the on-device mode
 
 For every (``actors.num``, ``env.num_envs``) cell, measured one after another on this machine:
 
@@ -21,6 +22,10 @@ For every (``actors.num``, ``env.num_envs``) cell, measured one after another on
 * **pipeline efficiency** = end-to-end / the lower ceiling: what the transport, the policy
   on the actors and the synchronisation cost. On 2 cores the actors and the learner share
   the CPU in the end-to-end run, so 100% is out of reach by construction.
+
+``--mode on_device`` measures the preset end to end in ``train.mode=on_device`` (the envs
+step on the learner's devices; no actors, no transport), and ``--mode actors on_device``
+(the default) measures both, side by side in the same run.
 
 The default cell (the one that matches ``configs/driving.yaml``) is measured in ``--rounds``
 rounds spread over the run; its round with the median efficiency stands for it. The JSON
@@ -252,10 +257,10 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = result["cells"]
+    cells = result.get("cells", [])
     labels = [f"{c['actors']}x{c['num_envs']}" for c in cells]
     x = range(len(cells))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cells)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * (len(cells) + 1)), 4))
     w = 0.27
     ax.bar([i - w for i in x], [c["env_ceiling_sps"] / 1e3 for c in cells], w, label="env only")
     ax.bar(x, [c["learner_ceiling_sps"] / 1e3 for c in cells], w, label="learner only")
@@ -263,6 +268,11 @@ def plot(result: dict, path: Path) -> None:
     for i, c in enumerate(cells):
         ax.annotate(f"{c['pipeline_efficiency']:.0%}", (i + w, c["end_to_end_sps"] / 1e3),
                     ha="center", va="bottom", fontsize=8)  # fmt: skip
+    if "on_device" in result:  # one more bar: the preset on device, end to end
+        labels.append("on device")
+        ax.bar([len(cells) + w], [result["on_device"]["sps"] / 1e3], w, color="C3",
+               label="on device, end to end")  # fmt: skip
+        x = range(len(labels))
     ax.set_xticks(list(x), labels)
     ax.set_xlabel("actors x envs per actor")
     ax.set_ylabel("thousand env steps / s")
@@ -287,6 +297,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="rounds of the default cell, spread over the run; its figures are the round "
         "with the median efficiency (--quick: 1)",
     )
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        choices=["actors", "on_device"],
+        default=["actors", "on_device"],
+        help="train.mode(s) to measure end to end (default: both)",
+    )
     p.add_argument("--json", default="benchmarks/results/throughput.json")
     p.add_argument("--png", help="the plot (default: the JSON's path with .png)")
     args = p.parse_args(argv)
@@ -297,6 +314,26 @@ def main(argv: list[str] | None = None) -> dict:
     cell0 = (default.actors.num, default.env.num_envs)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 12.0, 8.0, 1
+    result = {**header("throughput"), "config": CONFIG, "args": vars(args)}
+    if "actors" in args.mode:
+        result.update(_actors_mode(args, cell0))
+    if "on_device" in args.mode:
+        result["on_device"] = end_to_end(["train.mode=on_device"], args.seconds, args.warmup)
+        sps = result["on_device"]["sps"]
+        actors_sps = result.get("default_cell", {}).get("end_to_end_sps")
+        ratio = f" ({sps / actors_sps:.2f}x the actors mode)" if actors_sps else ""
+        print(f"on-device end to end (default config): {sps:,.0f} env steps/s{ratio}")
+    import jax
+
+    result["versions"] = {"jax": jax.__version__}
+    write(result, ROOT / args.json, ROOT / args.png, plot)
+    print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
+    return result
+
+
+def _actors_mode(args, cell0: tuple[int, int]) -> dict:
+    """The grid of cells in the actors mode, the default cell in ``args.rounds`` rounds."""
+    if args.quick:
         grid = [cell0]
     else:
         grid = [(a, n) for a in args.actors for n in args.num_envs]
@@ -336,24 +373,16 @@ def main(argv: list[str] | None = None) -> dict:
             cell.update(by_eff[len(by_eff) // 2])
             cell["rounds"] = rows
         cells.append(cell)
-    import jax
-
     headline = next(c for c in cells if c["default"])
-    result = {
-        **header("throughput"),
-        "versions": {"jax": jax.__version__},
-        "config": CONFIG,
-        "args": vars(args),
+    print(
+        f"pipeline efficiency (default config, {cell0[0]} actors x {cell0[1]} envs): "
+        f"{headline['pipeline_efficiency']:.0%}"
+    )
+    return {
         "pipeline_efficiency": headline["pipeline_efficiency"],
         "default_cell": headline,
         "cells": cells,
     }
-    write(result, ROOT / args.json, ROOT / args.png, plot)
-    print(
-        f"pipeline efficiency (default config, {cell0[0]} actors x {cell0[1]} envs): "
-        f"{headline['pipeline_efficiency']:.0%}\nwrote {ROOT / args.json} and {ROOT / args.png}"
-    )
-    return result
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 # The gymnasium id of the built-in DrivingEnv (registered when the package is imported).
 DRIVING_ENV_ID = "jaxrl_impala/Driving-v0"
+# ``actors.num: auto``: the trainer picks the count from its CPU layout (`resolve_auto_actors`).
+AUTO = "auto"
 
 
 class ConfigError(ValueError):
@@ -48,13 +50,15 @@ class EnvConfig:
 class ActorsConfig:
     """Actor processes (CPU only).
 
-    num: number of actor processes.
+    num: number of actor processes, or ``auto``: one per CPU the learner does not keep
+      (``train.pin_cpus``), at least 1; e.g. 14 on 16 CPUs beside a GPU learner, 8 beside a
+      CPU one. Not with ``train.deterministic`` or several learner processes.
     restart_backoff_s: first delay before restarting a crashed actor (doubles per crash).
     crash_loop_restarts: this many restarts of one actor ...
     crash_loop_window_s: ... within this many seconds stop the run with the actor's error.
     """
 
-    num: int = 2
+    num: int | Literal["auto"] = 2
     restart_backoff_s: float = 0.5
     crash_loop_restarts: int = 5
     crash_loop_window_s: float = 60.0
@@ -171,6 +175,9 @@ class TransportConfig:
 class TrainConfig:
     """The run.
 
+    mode: ``actors`` (CPU actor processes feed the learner through the transport) or
+      ``on_device`` (envs with a pure JAX step, such as DrivingEnv, step on the learner's
+      devices, compiled with the policy; the batch never leaves the device).
     total_env_steps: budget of environment steps (all actors together).
     seed: seed of params, actors and environments.
     deterministic: lock-step schedule: same seed, same metrics, run after run.
@@ -182,16 +189,20 @@ class TrainConfig:
     compile_cache: directory of JAX's persistent compilation cache (``~`` expanded), used by
       the learner and the actors: a later run of the same shapes loads its compiled update
       and policy steps instead of compiling them again. ``""`` turns it off.
-    pin_cpus: split the CPUs this process may use between the learner and its actors: the
-      learner keeps the first half (rounded up), actor ``i`` runs on one CPU of the other half
-      (``i`` mod its size). Why: XLA gives every process a thread pool as wide as the machine,
-      and the small ops of an actor and of the learner then wait on each other's preempted
-      threads (docs/benchmarks.md). XLA's threads run the update on the learner's CPUs; the
-      learner's own threads (dispatch, batch prefetch, publishing, evaluation) may use every
-      CPU. Off with fewer than 2 CPUs and with several learner processes
+    pin_cpus: split the CPUs this process may use between the learner and its actors, by
+      where the learner's update runs: on CPU the learner keeps the first half (rounded up),
+      where XLA's threads run the update, and its own threads (dispatch, batch prefetch,
+      publishing, evaluation) may use every CPU; on an accelerator (GPU, TPU) it keeps the
+      first CPU (two from 8 CPUs) for those threads, and stays there. Actor ``i`` runs on one
+      of the other CPUs (``i`` mod their number). Why: XLA gives every process a thread pool
+      as wide as the machine, and the small ops of an actor and of the learner then wait on
+      each other's preempted threads (docs/benchmarks.md). The backend is read before JAX
+      starts: ``JAX_PLATFORMS`` when set, else whether a GPU or TPU plugin and its device are
+      present. Off with fewer than 2 CPUs and with several learner processes
       (``distributed.num_processes > 1``).
     """
 
+    mode: str = "actors"
     total_env_steps: int = 1_000_000
     seed: int = 0
     deterministic: bool = False
@@ -274,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "network.activation": ("tanh", "relu"),
     "transport.kind": ("shm", "redis"),
     "transport.overflow": ("block", "drop_oldest"),
+    "train.mode": ("actors", "on_device"),
 }
 
 POSITIVE = {
@@ -306,6 +318,13 @@ def _type_name(tp: Any) -> str:
 _PLAIN = {bool: "true or false", int: "an integer", str: "a string", dict: "a mapping"}
 
 
+def _expected(tp: Any) -> str:
+    """How an error names what ``tp`` accepts."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    return _PLAIN.get(tp) or {float: "a number"}.get(tp) or _type_name(tp)
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Checks ``value`` against the annotation ``tp``; returns it converted."""
     origin = typing.get_origin(tp)
@@ -313,15 +332,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        for arg in options:
             try:
                 return _coerce(key, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(map(_expected, options))}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_expected(tp)}, got {value!r}")
+        return value
     if origin is tuple:
         (elem, _) = typing.get_args(tp)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -367,7 +388,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         value = _coerce(full, value, tp)
         if full in CHOICES and value not in CHOICES[full]:
             raise ConfigError(f"{full}: {value!r} is not one of {', '.join(CHOICES[full])}")
-        if full in POSITIVE and value <= 0:
+        if full in POSITIVE and not isinstance(value, str) and value <= 0:
             raise ConfigError(f"{full}: must be > 0, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
@@ -505,6 +526,11 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
 
 def validate(config: Config) -> None:
     """Cross-field checks that don't need JAX."""
+    if config.train.deterministic and config.actors.num == AUTO:
+        raise ConfigError(
+            "actors.num=auto: train.deterministic needs a fixed actor count (its schedule "
+            "splits learner.batch_unrolls among the actors); set actors.num to a number"
+        )
     if config.train.deterministic and config.learner.batch_unrolls % config.actors.num:
         raise ConfigError(
             f"train.deterministic needs learner.batch_unrolls ({config.learner.batch_unrolls}) "
@@ -532,6 +558,12 @@ def check_multiprocess(config: Config, num_processes: int) -> None:
     is known, e.g. after ``distributed.coordinator=auto`` detected it)."""
     if num_processes <= 1:
         return
+    if config.actors.num == AUTO:
+        # Each process numbers its actors from process_id * actors.num: the counts must agree.
+        raise ConfigError(
+            f"actors.num=auto: {num_processes} learner processes need the same actor count on "
+            f"every host; set actors.num to a number"
+        )
     if config.transport.kind != "redis":
         raise ConfigError(
             f"{num_processes} learner processes (distributed) need transport.kind=redis and "
@@ -541,6 +573,15 @@ def check_multiprocess(config: Config, num_processes: int) -> None:
         raise ConfigError(
             "train.deterministic runs one learner process; set distributed.num_processes=1"
         )
+
+
+def resolve_auto_actors(config: Config, num: int) -> Config:
+    """``config`` with ``actors.num: auto`` replaced by ``num`` (the count the trainer chose
+    from its CPU layout); any other config unchanged. Whatever reads ``actors.num`` later
+    (supervisor, transport bounds, the actors' own config, ``config.yaml``) sees a number."""
+    if config.actors.num != AUTO:
+        return config
+    return dataclasses.replace(config, actors=dataclasses.replace(config.actors, num=num))
 
 
 def dump_yaml(config: Config) -> str:

@@ -116,3 +116,41 @@ def run_in_process(run_dir, overrides=(), *, wrap_update=None):
         return loop.train(), log.records, loop
     finally:
         actors.close()
+
+
+# DrivingEnv, small: 2 x 8 envs x 8 steps per update, short routes.
+TINY_DRIVING = [
+    "env.id=jaxrl_impala/Driving-v0",
+    "env.num_envs=8",
+    "env.kwargs={max_episode_steps: 40, route_length_min: 60.0, route_length_max: 80.0}",
+    "rollout.length=8",
+    "network.hidden=[16]",
+    "learner.batch_unrolls=2",
+    "learner.epochs=1",
+    "learner.minibatches=2",
+    "train.mode=on_device",
+    "train.deterministic=true",
+    "eval.episodes=2",
+    "eval.gif=false",
+]
+
+
+def run_on_device_in_process(run_dir, overrides=()):
+    """The on-device mode's loop in this process; returns (exit code, log records, loop)."""
+    from jaxrl_impala.train.on_device import NoActors, NoQueue, OnDeviceBatches
+
+    config = load_config(None, [*TINY_DRIVING, *overrides])
+    s = setup(config)
+    key, init_key = jax.random.split(jax.random.PRNGKey(config.train.seed))
+    run = RunState(state=jax.device_put(s.init_state(init_key), s.replicated), key=key)
+    log = ListLog()
+    ports = Ports(
+        batches=OnDeviceBatches(s, lambda: (run.state.params, run.state.obs_stats)),
+        queue=NoQueue(),
+        actors=NoActors(),
+        log=log,
+        progress=Progress(config.train.total_env_steps, 0, quiet=True),
+        checkpointer=Checkpointer(run_dir),
+    )
+    loop = TrainLoop(s, run, ports)
+    return loop.train(), log.records, loop

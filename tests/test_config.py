@@ -80,12 +80,33 @@ def test_an_env_kwarg_override_keeps_the_presets_other_kwargs():
         ("train.deterministic=maybe", "train.deterministic: expected true or false"),
         ("learner.minibatches=7", "learner.minibatches=7 does not divide the batch"),
         ("learner", "expected KEY=VALUE"),
+        ("actors.num=many", "actors.num: expected an integer or auto, got 'many'"),
+        ("actors.num=AUTO", "actors.num: expected an integer or auto, got 'AUTO'"),
+        ("actors.num=0", "actors.num: must be > 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_actors_num_auto_loads_round_trips_and_is_refused_where_it_cannot_work(tmp_path):
+    c = load_config(None, ["actors.num=auto"])
+    assert c.actors.num == "auto"
+    preset = tmp_path / "auto.yaml"
+    preset.write_text("actors:\n  num: auto\n")
+    assert load_config(preset) == c
+    assert load_config(None, ["actors.num=3"]).actors.num == 3
+    # a lock-step schedule splits learner.batch_unrolls among a fixed number of actors
+    with pytest.raises(ConfigError, match="actors.num=auto: train.deterministic needs") as e:
+        load_config(None, ["actors.num=auto", "train.deterministic=true"])
+    assert "\n" not in str(e.value)
+    # several learner processes number their actors from process_id * actors.num
+    multi = ["actors.num=auto", "transport.kind=redis", "distributed.coordinator=h:1"]
+    with pytest.raises(ConfigError, match="actors.num=auto: 2 learner processes") as e:
+        load_config(None, [*multi, "distributed.num_processes=2"])
     assert "\n" not in str(e.value)
 
 

@@ -95,6 +95,13 @@ COMMANDS = {
         "eval.every_env_steps=1024 eval.episodes=2 train.compile_cache={cache} "
         "run.dir={tmp}/cartpole"
     ),
+    (
+        "python -m jaxrl_impala.train --config configs/driving.yaml --set train.mode=on_device "
+        "run.name=on-device"
+    ): (
+        "-m jaxrl_impala.train --config configs/driving.yaml --set {tiny} train.mode=on_device "
+        "run.dir={tmp}/on_device"
+    ),
     # The learner runs until the standalone actor's unroll reaches it, then gets SIGTERM.
     REDIS_TRAIN: (
         "-m jaxrl_impala.train --config configs/driving.yaml --set transport.kind=redis "

@@ -58,7 +58,8 @@ def run(
         return queue.closed or orphaned or not queue.owner_alive()
 
     deterministic = config.train.deterministic
-    per_version = max(1, config.learner.batch_unrolls // config.actors.num)
+    # Lock-step only (a standalone actor's config may say actors.num: auto, never with it).
+    per_version = max(1, config.learner.batch_unrolls // config.actors.num) if deterministic else 1
     version = -1
     try:
         while True:

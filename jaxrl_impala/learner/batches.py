@@ -78,18 +78,27 @@ class Staged:
     episode_terms: dict[str, float] = field(default_factory=dict)
 
 
+def episode_summary(
+    episode_return: np.ndarray, episode_terms: np.ndarray | None, term_names: tuple[str, ...]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The returns of the episodes that ended (``episode_return`` [T, N], NaN elsewhere), and
+    per reward term its mean over them (``episode_terms`` [T, N, K]; empty if none ended)."""
+    done = ~np.isnan(episode_return)
+    terms = {}
+    if episode_terms is not None and done.any():
+        ends = episode_terms[done]  # [episodes, K]
+        terms = {n: float(ends[:, j].mean()) for j, n in enumerate(term_names)}
+    return episode_return[done].astype(np.float64), terms
+
+
 def stage(taken: list[Taken], put_batch: Callable, term_names: tuple[str, ...]) -> Staged:
     """Concatenates the unrolls and puts the batch on the device(s)."""
     cat = unroll.concat([t.arrays for t in taken])
-    done = ~np.isnan(cat["episode_return"])
-    terms = {}
-    if "episode_terms" in cat and done.any():
-        ends = cat["episode_terms"][done]  # [episodes, K]
-        terms = {n: float(ends[:, j].mean()) for j, n in enumerate(term_names)}
+    returns, terms = episode_summary(cat["episode_return"], cat.get("episode_terms"), term_names)
     return Staged(
         batch=put_batch(unroll.batch_from_frame(cat)),
         policy_versions=[t.policy_version for t in taken],
-        episode_returns=cat["episode_return"][done].astype(np.float64),
+        episode_returns=returns,
         episode_terms=terms,
     )
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import sys
 import time
+import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -28,7 +31,13 @@ from jaxrl_impala.runtime import distributed
 from jaxrl_impala.train.evaluation import eval_seed, evaluate
 from jaxrl_impala.train.setup import Setup
 
-COUNTERS = ("frames_rejected", "unrolls_dropped", "actor_restarts", "updates_skipped_nonfinite")
+COUNTERS = (
+    "frames_rejected",
+    "unrolls_dropped",
+    "actor_restarts",
+    "updates_skipped_nonfinite",
+    "eval_failures",
+)
 
 
 class Actors(Protocol):
@@ -143,6 +152,8 @@ class TrainLoop:
         # consuming unrolls meanwhile. Deterministic and multi-process runs evaluate inline.
         self._eval_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
         self._eval_future: Future | None = None
+        self._eval_future_steps = 0  # the env steps its params were taken at
+        self._last_eval_error = ""  # the last evaluation error printed with its traceback
         now = time.monotonic()
         ce, ct = self.config.eval, self.config.train
         run.last_log, run.next_log, run.next_ckpt = (
@@ -217,7 +228,8 @@ class TrainLoop:
         run.version += 1
         run.env_steps += self.s.steps_per_update
         params = None
-        if self.lead and (run.version % self.config.learner.publish_every == 0 or self.det):
+        publish = run.version % self.config.learner.publish_every == 0 or self.det
+        if self.ports.publisher is not None and publish:
             params = (run.state.params, run.state.obs_stats)
             if self.ahead:  # the next update takes over the state's buffers: keep a copy
                 params = self._snapshot(params)
@@ -348,11 +360,36 @@ class TrainLoop:
             self.ports.progress.note(f"reached eval return {target}: stopping")
             self.run.reached_target = True
 
+    def eval_result(self, get: Callable[[], dict], at_steps: int) -> None:
+        """Hands the record ``get()`` returns to :meth:`eval_done`. An evaluation that raises
+        does not end the run: it is counted (``eval_failures``) and reported on stderr, and
+        the next interval (or the end of the run) evaluates again."""
+        try:
+            record = get()
+        except Exception as e:  # noqa: BLE001 - whatever broke, training goes on
+            self.eval_failed(e, at_steps)
+            return
+        self.eval_done(record)
+
+    def eval_failed(self, error: Exception, at_steps: int) -> None:
+        """Counts a failed evaluation; prints its traceback, or one line for a repeat of the
+        error printed last."""
+        self.run.counters["eval_failures"] += 1
+        summary = f"{type(error).__name__}: {error}"
+        head = f"evaluation at env_steps={at_steps} failed ({summary}); training goes on"
+        if summary == self._last_eval_error:
+            print(f"{head} (the same error as before; traceback above)", file=sys.stderr)
+        else:
+            self._last_eval_error = summary
+            trace = "".join(traceback.format_exception(error)).rstrip()
+            print(f"{head}\n{trace}", file=sys.stderr)
+        sys.stderr.flush()
+
     def poll_eval(self, wait: bool = False) -> None:
         future = self._eval_future
         if future is not None and (wait or future.done()):
             self._eval_future = None
-            self.eval_done(future.result())
+            self.eval_result(future.result, self._eval_future_steps)
 
     def maybe_evaluate(self) -> None:
         run = self.run
@@ -364,9 +401,10 @@ class TrainLoop:
         if self.det or self.multi:
             # Inline with several processes: no JAX work on a side thread of process 0 while
             # the processes are inside a collective together.
-            self.eval_done(self.eval_job()())
+            self.eval_result(self.eval_job(), run.env_steps)
         elif self._eval_future is None:  # (one still running: skip this one)
             self._eval_future = self._eval_pool.submit(self.eval_job())
+            self._eval_future_steps = run.env_steps
 
     # ------------------------------------------------------------------ checkpoints
     def maybe_checkpoint(self) -> None:
@@ -416,7 +454,8 @@ class TrainLoop:
             return 0
         stale = run.last_eval is None or run.last_eval["env_steps"] != run.env_steps
         if not ports.stop.requested and not run.reached_target and stale:
-            self.eval_done(self.eval_job()())
+            # (one that fails is counted: the checkpoint and the final line are still written)
+            self.eval_result(self.eval_job(), run.env_steps)
         self.refresh_counters()
         self.save(final=True)
         ports.log.write(

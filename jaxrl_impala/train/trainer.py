@@ -16,12 +16,25 @@ import signal
 import sys
 from pathlib import Path
 
-from jaxrl_impala.config import Config, ConfigError, check_multiprocess, dump_yaml
+from jaxrl_impala.config import (
+    AUTO,
+    Config,
+    ConfigError,
+    check_multiprocess,
+    dump_yaml,
+    resolve_auto_actors,
+)
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer, newest_checkpoint_steps
 from jaxrl_impala.io.rundir import START_TIME, check_writable
 from jaxrl_impala.runtime import distributed
-from jaxrl_impala.runtime.cpus import pin_process, split_cpus
+from jaxrl_impala.runtime.cpus import (
+    accelerator_expected,
+    auto_num_actors,
+    cpu_ranges,
+    pin_process,
+    split_cpus,
+)
 from jaxrl_impala.runtime.supervisor import ActorSupervisor
 
 
@@ -35,6 +48,9 @@ class Trainer:
         self.run_dir = run_dir
         self.resume = resume
         self.stop = StopFlag()
+        # Set by `_lay_out_cpus`: the backend the CPU layout was made for, and whether
+        # actors.num was auto.
+        self.accelerator = self.auto_actors = False
 
     def request_stop(self, signum, _frame) -> None:
         if self.stop.requested and signum == signal.SIGINT:
@@ -58,22 +74,29 @@ class Trainer:
             )
         if self.lead:
             check_writable(run_dir)
-        split = split_cpus() if config.train.pin_cpus and num_processes == 1 else None
-        if split is not None:  # before JAX starts its thread pool in this process
-            pin_process(split[0])
-            if self.lead:
-                cpu_list = lambda cpus: ",".join(map(str, cpus))  # noqa: E731
-                print(f"cpus: learner {cpu_list(split[0])}, actors {cpu_list(split[1])}")
+        on_device = config.train.mode == "on_device"
+        if on_device and num_processes > 1:
+            raise ConfigError("train.mode=on_device runs one learner process for now")
+        # No actors on device: the learner keeps every CPU.
+        pin = config.train.pin_cpus and num_processes == 1 and not on_device
+        split = self._lay_out_cpus(pin)
+        config = self.config  # actors.num resolved
         # The actors start now: their imports, env and policy compile overlap this process's
         # own, and they wait for the transport's address. A resumed run's actors draw fresh
         # scenarios, numbered from the newest checkpoint.
-        actors = ActorSupervisor(
-            config,
-            run_dir,
-            first_id=process_id * config.actors.num,
-            first_incarnation=newest_checkpoint_steps(run_dir) if self.resume else 0,
-            actor_cpus=split[1] if split is not None else None,
-        )
+        first_incarnation = newest_checkpoint_steps(run_dir) if self.resume else 0
+        if on_device:
+            from jaxrl_impala.train.on_device import NoActors
+
+            actors = NoActors()
+        else:
+            actors = ActorSupervisor(
+                config,
+                run_dir,
+                first_id=process_id * config.actors.num,
+                first_incarnation=first_incarnation,
+                actor_cpus=split[1] if split is not None else None,
+            )
         # From here a first Ctrl-C or SIGTERM asks for a clean stop: one during start-up takes
         # effect when the training loop begins (final checkpoint, plots); a second Ctrl-C
         # interrupts at once.
@@ -88,6 +111,48 @@ class Trainer:
             for s, handler in old_handlers.items():
                 signal.signal(s, handler)
 
+    def _lay_out_cpus(self, pin: bool) -> tuple[list[int], list[int]] | None:
+        """Splits the CPUs between the learner and its actors (``train.pin_cpus``), pins this
+        process to the learner's, and resolves ``actors.num: auto`` from the layout; returns
+        the split (None: none).
+
+        Called before this process imports JAX: XLA sizes its thread pool by the CPUs the
+        process may use when the pool starts, and the actors start before the import so that
+        their start-up overlaps it. So the learner's backend, which decides the layout, is
+        read from the environment (:func:`accelerator_expected`), not asked of JAX; `_run`
+        checks it against JAX's once JAX is up.
+        """
+        self.accelerator = accelerator_expected()
+        self.auto_actors = self.config.actors.num == AUTO
+        split = split_cpus(self.accelerator) if pin else None
+        if split is not None:
+            pin_process(split[0])
+        self.config = resolve_auto_actors(self.config, auto_num_actors(self.accelerator))
+        if self.lead and split is not None:
+            kind = "an accelerator" if self.accelerator else "a CPU"
+            print(
+                f"cpus: learner {cpu_ranges(split[0])} (for {kind} learner), "
+                f"actors {cpu_ranges(split[1])}"
+            )
+        if self.lead and self.auto_actors:
+            print(f"actors.num: auto, {self.config.actors.num} (one per CPU the learner leaves)")
+        return split
+
+    def _check_backend(self, split) -> None:
+        """Says so when JAX's backend is not the one the CPU layout was made for."""
+        import jax
+
+        if not self.lead or (split is None and not self.auto_actors):
+            return
+        backend = jax.default_backend()
+        if (backend != "cpu") != self.accelerator:
+            kind = "an accelerator" if self.accelerator else "a CPU"
+            print(
+                f"cpus: laid out for {kind} learner, but JAX runs it on {backend}; set "
+                f"JAX_PLATFORMS (e.g. cuda, or cpu) so that both agree",
+                file=sys.stderr,
+            )
+
     def _run(self, actors: ActorSupervisor, split) -> int:
         import jax
         import numpy as np
@@ -98,10 +163,13 @@ class Trainer:
         config = self.config
         use_compile_cache(config.train.compile_cache)
         s = setup(config, num_processes=self.num_processes)
-        if split is not None:
+        self._check_backend(split)
+        if split is not None and not self.accelerator:
             # XLA's pool threads, which run the update, now exist and stay on the learner
             # CPUs. This thread (it dispatches the updates) and the threads it starts from
             # here on (compiler, batch prefetch, publisher, evaluation) may use every CPU.
+            # With an accelerator they stay on the learner's CPUs, kept for them: every
+            # other CPU runs an actor.
             os.sched_setaffinity(0, split[0] + split[1])
         key, init_key = jax.random.split(jax.random.PRNGKey(config.train.seed))
         # Compile the update on a thread now, from the state's shapes, not when the first batch
@@ -115,8 +183,13 @@ class Trainer:
             )
         update = CompiledAhead(s, jax.device_put(np.asarray(key), s.replicated), then)
         run = self._start(s, key, init_key)
-        transport, queue, store, address = self._open_transport(s)
-        actors.set_address(address)
+        if config.train.mode == "on_device":
+            from jaxrl_impala.train.on_device import NoQueue
+
+            transport, queue, store = None, NoQueue(), None
+        else:
+            transport, queue, store, address = self._open_transport(s)
+            actors.set_address(address)
         return self._train(s, run, update, actors, transport, queue, store)
 
     def _start(self, s, key, init_key):
@@ -208,25 +281,32 @@ class Trainer:
         from jaxrl_impala.unroll import params_to_frame
 
         config, lead = self.config, self.lead
-        publisher = Publisher(store) if lead else None
-        # learner.overlap: each batch is gathered on a thread while the update before it runs.
-        # Deterministic runs gather in order on this thread; with several processes JAX work
-        # stays on this thread.
-        batches = batch_source(
-            queue,
-            s.sizes["local_batch_unrolls"],
-            config.learner.max_policy_lag,
-            s.put_batch,
-            s.term_names,
-            overlap=config.learner.overlap,
-            deterministic=config.train.deterministic,
-            num_processes=self.num_processes,
-        )
+        publisher = Publisher(store) if lead and store is not None else None
+        if config.train.mode == "on_device":
+            from jaxrl_impala.train.on_device import OnDeviceBatches
+
+            params = lambda: (run.state.params, run.state.obs_stats)  # noqa: E731
+            batches = OnDeviceBatches(s, params, incarnation=run.env_steps)
+        else:
+            # learner.overlap: each batch is gathered on a thread while the update before it
+            # runs. Deterministic runs gather in order on this thread; with several processes
+            # JAX work stays on this thread.
+            batches = batch_source(
+                queue,
+                s.sizes["local_batch_unrolls"],
+                config.learner.max_policy_lag,
+                s.put_batch,
+                s.term_names,
+                overlap=config.learner.overlap,
+                deterministic=config.train.deterministic,
+                num_processes=self.num_processes,
+            )
         log = NullLog()
         try:
-            if lead:
+            if publisher is not None:
                 host = jax.device_get(run.state)
                 store.publish(run.version, params_to_frame(host.params, host.obs_stats))
+            if lead:
                 # metrics.jsonl appears once the actors run (tests and tools wait on it).
                 log = MetricsLog(self.run_dir)
             ports = Ports(

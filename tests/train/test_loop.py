@@ -1,6 +1,6 @@
 """The training loop, driven in-process (tests/inprocess.py): an in-memory transport and
 actors stepped in this process, no subprocess. Faults are injected here, in the tests: the
-update is wrapped so that chosen updates see NaN rewards."""
+update is wrapped so that chosen updates see NaN rewards, and evaluation is made to raise."""
 
 import math
 
@@ -13,6 +13,7 @@ from inprocess import STEPS_PER_UPDATE, run_in_process
 
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
+from jaxrl_impala.train import loop as loop_module
 
 
 def poison(update, bad_updates):
@@ -91,3 +92,73 @@ def test_a_nonfinite_streak_stops_the_run_and_keeps_good_checkpoints(tmp_path):
         # The streak was updates 20..24: the run stopped before saving the fifth.
         assert meta["env_steps"] < 24 * STEPS_PER_UPDATE
         assert _finite_tree(flax.serialization.msgpack_restore(data)["params"])
+
+
+class EvalBroke(RuntimeError):
+    pass
+
+
+def failing_evaluate(monkeypatch, fail_calls):
+    """Makes the loop's evaluations raise on the calls numbered (1-based) in ``fail_calls``."""
+    real, calls = loop_module.evaluate, [0]
+
+    def evaluate(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] in fail_calls:
+            raise EvalBroke("the eval env broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "evaluate", evaluate)
+    return calls
+
+
+def test_a_failed_evaluation_is_counted_reported_once_and_retried(tmp_path, monkeypatch, capsys):
+    calls = failing_evaluate(monkeypatch, {1})
+    code, records, loop = run_in_process(
+        tmp_path, ["train.total_env_steps=1024", "eval.every_env_steps=512"]
+    )
+    assert code == 0 and calls[0] == 2
+    evals = [r for r in records if "eval_return_mean" in r]
+    assert [r["env_steps"] for r in evals] == [1024]  # 512 failed; the next interval's ran
+    assert records[-1]["final"] and records[-1]["eval_failures"] == 1
+    train = [r for r in records if "loss" in r]
+    # the count reaches the training lines once non-zero (the line at 512 precedes its eval)
+    assert [r.get("eval_failures", 0) for r in train if r["env_steps"] in (512, 576)] == [0, 1]
+    meta, _ = Checkpointer.verify(Checkpointer(tmp_path).list()[-1])
+    assert meta["eval_failures"] == 1 and meta["env_steps"] == 1024
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1
+    assert "evaluation at env_steps=512 failed (EvalBroke: the eval env broke)" in err
+    assert "raise EvalBroke" in err
+
+
+def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_line(
+    tmp_path, monkeypatch, capsys
+):
+    calls = failing_evaluate(monkeypatch, set(range(1, 100)))
+    code, records, loop = run_in_process(
+        tmp_path, ["train.total_env_steps=256", "eval.every_env_steps=128"]
+    )
+    # evaluations at 128 and 256 fail, and so does the final one (the last result is stale)
+    assert code == 0 and calls[0] == 3
+    assert not [r for r in records if "eval_return_mean" in r]
+    assert records[-1]["final"] and records[-1]["env_steps"] == 256
+    assert records[-1]["eval_failures"] == 3
+    meta, _ = Checkpointer.verify(Checkpointer(tmp_path).list()[-1])
+    assert meta["env_steps"] == 256 and meta["eval_failures"] == 3
+    err = capsys.readouterr().err
+    # the traceback once; a repeat of the same error is one line
+    assert err.count("Traceback (most recent call last)") == 1
+    assert err.count("the same error as before") == 2
+
+
+def test_a_failed_evaluation_on_the_eval_thread_is_counted_too(tmp_path, monkeypatch, capsys):
+    # Not deterministic: evaluations run on the loop's thread pool, read by poll_eval.
+    failing_evaluate(monkeypatch, {1})
+    code, records, _ = run_in_process(
+        tmp_path,
+        ["train.deterministic=false", "train.total_env_steps=1024", "eval.every_env_steps=512"],
+    )
+    assert code == 0 and records[-1]["final"] and records[-1]["eval_failures"] == 1
+    assert [r["env_steps"] for r in records if "eval_return_mean" in r][-1] == 1024
+    assert capsys.readouterr().err.count("Traceback (most recent call last)") == 1

@@ -1,0 +1,101 @@
+"""The on-device mode: envs, policy and update on the learner's devices (in-process), its
+determinism on 1 and 4 devices, and the CLI wiring (one real run, then a resume)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+from inprocess import run_on_device_in_process
+from runs import ROOT, final_record, read_metrics, run_train
+
+TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
+STEPS = ["train.total_env_steps=1024", "eval.every_env_steps=512"]
+
+
+def _rows(records):
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in records]
+
+
+def test_on_device_runs_train_evaluate_and_are_deterministic(tmp_path):
+    code, first, loop = run_on_device_in_process(tmp_path / "a", STEPS)
+    assert code == 0
+    train = [r for r in first if "loss" in r]
+    assert [r["env_steps"] for r in train] == list(range(128, 1025, 128))
+    assert all(math.isfinite(r["loss"]) and r["policy_lag_max"] == 0 for r in train)
+    assert train[-1]["episodes"] > 0 and "episode_progress" in train[-1]
+    assert [r["env_steps"] for r in first if "eval_return_mean" in r] == [512, 1024]
+    assert first[-1]["final"] and int(loop.run.state.step) == 8
+    _, second, _ = run_on_device_in_process(tmp_path / "b", STEPS)
+    assert _rows(second) == _rows(first)
+
+
+WORKER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from inprocess import run_on_device_in_process
+out = {{}}
+for n in (1, 4):
+    devices = [f"learner.num_devices={{n}}"]
+    _, records, _ = run_on_device_in_process(Path({tmp!r}) / str(n), {steps!r} + devices)
+    out[n] = [r for r in records if "loss" in r][:4]
+print(json.dumps(out))
+"""
+
+
+def test_one_and_four_devices_agree(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    script = WORKER.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), steps=STEPS)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, four = out["1"], out["4"]
+    assert len(one) == len(four) == 4
+    for a, b in zip(one, four, strict=True):
+        for key in ("loss", "value_loss", "policy_loss", "entropy", "grad_norm", "episodes"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_the_cli_trains_on_device_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny = [
+        "train.mode=on_device",
+        "env.num_envs=8",
+        "rollout.length=8",
+        "network.hidden=[16]",
+        "learner.minibatches=2",
+        "learner.epochs=1",
+        "eval.every_env_steps=0",
+        "eval.episodes=2",
+        "eval.gif=false",
+    ]
+    base = ["--config", "configs/driving.yaml", "--set", *tiny, f"run.dir={run_dir}"]
+    out = run_train(*base, "train.total_env_steps=2048")
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = final_record(run_dir)
+    assert final["env_steps"] == 2048
+    assert not list((run_dir / "logs").glob("actor_*.log")), "an on-device run starts no actor"
+    out = run_train("--resume", str(run_dir), "--set", "train.total_env_steps=3072")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from" in out.stdout
+    assert final_record(run_dir)["env_steps"] == 3072
+    assert any("eval_return_mean" in r for r in read_metrics(run_dir))
+
+
+def test_an_env_without_a_pure_step_is_a_one_line_error(tmp_path):
+    out = run_train(
+        "--config", "configs/debug.yaml", "--set", "train.mode=on_device", f"run.dir={tmp_path}"
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: train.mode=on_device needs an env whose step is pure JAX")
