@@ -25,8 +25,19 @@ def header(benchmark: str, **machine_extra) -> dict:
 
 
 def write(result: dict, json_path: Path, png_path: Path, plot: Callable[[dict, Path], None]):
-    """Writes ``result`` as JSON and ``plot(result, png_path)``, creating their folders."""
+    """Writes ``result`` as JSON and ``plot(result, png_path)``, creating their folders, and
+    says where."""
     for path in (json_path, png_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1, default=str))
     plot(result, png_path)
+    print(f"wrote {json_path} and {png_path}")
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lays out, saves and closes a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _results import header, write
+from _results import header, save_figure, write
 from throughput import end_to_end
 
 from jaxrl_impala.actor.rollout import fused_unroll_fn
@@ -177,9 +177,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("million env steps / s")
     ax.set_title(f"DrivingEnv on {result['device']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -223,7 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
         "time_to_80pct_scripted": target,
     }
     write(result, ROOT / args.json, ROOT / args.png, plot)
-    print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
     return result
 
 

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import psutil
-from _results import header, write
+from _results import header, save_figure, write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -384,9 +384,7 @@ def plot(result: dict, path: Path, baseline: Path | None, twin: dict | None = No
         f"soak: {len(result['kills'])} actor kills (red lines), "
         f"{'passed' if result['passed'] else 'FAILED'}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,7 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, ok in result["checks"].items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
-    print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
     return 0 if result["passed"] else 1
 
 

@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import header, write
+from _results import header, save_figure, write
 
 from jaxrl_impala.runtime.cpus import ACTOR_CPU_ENV, pin_actor_from_env, pin_process, split_cpus
 
@@ -278,9 +278,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("thousand env steps / s")
     ax.set_title("DrivingEnv throughput (labels: pipeline efficiency)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -327,7 +325,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     result["versions"] = {"jax": jax.__version__}
     write(result, ROOT / args.json, ROOT / args.png, plot)
-    print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
     return result
 
 

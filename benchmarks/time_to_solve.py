@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import header, write
+from _results import header, save_figure, write
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("appo", "impala", "ppo")
@@ -250,9 +250,7 @@ def plot(result: dict, path: Path) -> None:
         t = result["targets"][env]
         ax.set_title(f"{env}: to eval return {t:.1f}")
         ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -390,7 +388,6 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": summary,
     }
     write(result, ROOT / args.json, ROOT / args.png, plot)
-    print(f"wrote {ROOT / args.json} and {ROOT / args.png}")
     return result
 
 
