@@ -7,10 +7,13 @@ Parts: the env alone (one vector env of ``env.num_envs``, fixed random actions),
 learner (the config's jitted update on a batch of its shape). For each: env steps/s, cores
 busy (process CPU time over wall time) and CPU microseconds per env step.
 
+For an env with a pure JAX step, also the on-device mode's iteration (the rollout on the
+learner's devices, then the update; ``train.mode=on_device``).
+
 What it is for: an end-to-end run must pay actor + learner CPU for every env step, on the
 same cores that the ceilings of ``throughput.py`` each have to themselves. So
 
-    end-to-end ~ cores / (actor_us + learner_us)   and
+    end-to-end ~ cores / (actor_us + learner_us)   (on device: cores / on_device_us)  and
     pipeline efficiency ~ that / min(env ceiling, learner ceiling),
 
 an estimate of what this machine can show, whatever the transport does. It is not a
@@ -88,7 +91,18 @@ def measure(config_path: str, overrides: list[str]) -> dict:
     out["actor"] = _timed(lambda: rollout.unroll(0), 8, T * B)
     actions = np.stack([s.action_space.sample() for _ in range(B)])
     out["env_only"] = _timed(lambda: rollout.env.step(actions), 10 * T, B)
+    on_device = hasattr(rollout.env, "pure_step")
     rollout.env.close()
+    if on_device:  # train.mode=on_device: the rollout on the learner's devices, then the update
+        from jaxrl_impala.train.on_device import OnDeviceBatches
+
+        batches = OnDeviceBatches(s, lambda: (box[0].params, box[0].obs_stats))
+
+        def on_device_step():
+            box[0], _ = s.update(box[0], batches.next(0, lambda: True).batch, key)
+            jax.block_until_ready(box[0])
+
+        out["on_device"] = _timed(on_device_step, 5, k * B * T)
 
     cores = os.cpu_count() or 1
     per_step = out["actor"]["cpu_us_per_env_step"] + out["learner"]["cpu_us_per_env_step"]
@@ -100,6 +114,9 @@ def measure(config_path: str, overrides: list[str]) -> dict:
         "pipeline_efficiency": (cores / per_step * 1e6)
         / min(env_ceiling, cores / out["learner"]["cpu_us_per_env_step"] * 1e6),
     }
+    if on_device:
+        on_device_us = out["on_device"]["cpu_us_per_env_step"]
+        out["estimate"]["on_device_env_steps_per_s"] = cores / on_device_us * 1e6
     return out
 
 
@@ -125,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         pin_process({min(os.sched_getaffinity(0))})  # before JAX starts its threads
     out = measure(args.config, args.set)
     print(f"{'part':10s} {'env steps/s':>12} {'cores busy':>11} {'CPU us/step':>12}")
-    for part in ("env_only", "actor", "learner"):
+    for part in ("env_only", "actor", "learner", "on_device"):
+        if part not in out:
+            continue
         r = out[part]
         print(f"{part:10s} {r['env_steps_per_s']:12,.0f} {r['cores_busy']:11.2f} "
               f"{r['cpu_us_per_env_step']:12.1f}")  # fmt: skip

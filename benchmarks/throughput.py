@@ -19,9 +19,13 @@ For every (``actors.num``, ``env.num_envs``) cell, measured one after another on
   copied out after every update); env steps/s it can consume. Measured free to use every
   CPU and laid out as a run lays out its learner (``train.pin_cpus``), the better of the
   two counts (both are in the JSON);
-* **pipeline efficiency** = end-to-end / the lower ceiling: what the transport, the policy
-  on the actors and the synchronisation cost. On 2 cores the actors and the learner share
-  the CPU in the end-to-end run, so 100% is out of reach by construction.
+* **machine fraction** = end-to-end / the machine's bound, where the bound is the cores
+  over the CPU time one env step costs in actor and learner work (``cpu_cost.py``; in the
+  on-device mode, the rollout and the update): how much of what this machine can do a run
+  gets, in either mode;
+* **pipeline efficiency** (kept for one release) = end-to-end / the lower ceiling. It
+  punishes a faster learner: on 2 cores the actors and the learner share the CPU in the
+  end-to-end run, so 100% is out of reach by construction.
 
 ``--mode on_device`` measures the preset end to end in ``train.mode=on_device`` (the envs
 step on the learner's devices; no actors, no transport), and ``--mode actors on_device``
@@ -233,6 +237,36 @@ def end_to_end(overrides: list[str], seconds: float, warmup: float) -> dict:
     }
 
 
+def machine_bound() -> dict:
+    """What this machine can do for the preset, in env steps/s: its cores over the CPU time
+    an env step costs in actor and learner work (on device: the rollout and the update),
+    each part measured alone by ``cpu_cost.py`` in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cpu_cost.json"
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_cost.py"), "--json", str(out)]
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        estimate = json.loads(out.read_text())["estimate"]
+    return {
+        "actors": estimate["end_to_end_env_steps_per_s"],
+        "on_device": estimate.get("on_device_env_steps_per_s"),
+        "cores": estimate["cores"],
+    }
+
+
+def _report_machine_fraction(result: dict) -> None:
+    """End to end as a fraction of the machine bound, per mode measured (the old pipeline
+    efficiency, against the slower ceiling, stays beside it for one release)."""
+    bound, fraction = result["machine_bound"], {}
+    measured = {"actors": result.get("default_cell", {}).get("end_to_end_sps")}
+    measured["on_device"] = result.get("on_device", {}).get("sps")
+    for mode, sps in measured.items():
+        if sps and bound.get(mode):
+            fraction[mode] = sps / bound[mode]
+            print(f"{mode}: end to end {sps:,.0f} env steps/s = {fraction[mode]:.0%} of this "
+                  f"machine's bound ({bound[mode]:,.0f})")  # fmt: skip
+    result["machine_fraction"] = fraction
+
+
 def measure_cell(actors: int, num_envs: int, seconds: float, warmup: float) -> dict:
     """One round of a cell: end to end, then the two ceilings, one after another."""
     over = [f"actors.num={actors}", f"env.num_envs={num_envs}"]
@@ -315,12 +349,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = {**header("throughput"), "config": CONFIG, "args": vars(args)}
     if "actors" in args.mode:
         result.update(_actors_mode(args, cell0))
+    result["machine_bound"] = machine_bound()
     if "on_device" in args.mode:
         result["on_device"] = end_to_end(["train.mode=on_device"], args.seconds, args.warmup)
         sps = result["on_device"]["sps"]
         actors_sps = result.get("default_cell", {}).get("end_to_end_sps")
         ratio = f" ({sps / actors_sps:.2f}x the actors mode)" if actors_sps else ""
         print(f"on-device end to end (default config): {sps:,.0f} env steps/s{ratio}")
+    _report_machine_fraction(result)
     import jax
 
     result["versions"] = {"jax": jax.__version__}
