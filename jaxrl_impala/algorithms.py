@@ -30,6 +30,7 @@ from jaxrl_impala.core import (
     value_loss,
     vtrace,
 )
+from jaxrl_impala.core.losses import ratio_metrics
 from jaxrl_impala.networks import Policy
 
 Data = dict[str, Any]
@@ -69,8 +70,11 @@ def prepare_rewards(batch: Data, lc: LearnerConfig) -> tuple[jax.Array, jax.Arra
     if lc.reward_clip is not None:
         rewards = jnp.clip(rewards, -lc.reward_clip, lc.reward_clip)
     truncated = batch["truncated"] & ~batch["terminated"]
-    rewards = rewards + lc.gamma * truncated * batch["truncation_value"]
-    discounts = lc.gamma * (1.0 - (batch["terminated"] | batch["truncated"]))
+    # A select, not ``truncated * truncation_value``: NaN * 0 is NaN, and the value is only
+    # meaningful where an episode was truncated.
+    bootstrap = jnp.where(truncated, lc.gamma * batch["truncation_value"], 0.0)
+    rewards = rewards + bootstrap
+    discounts = jnp.where(batch["terminated"] | batch["truncated"], 0.0, lc.gamma)
     return rewards.astype(jnp.float32), discounts.astype(jnp.float32)
 
 
@@ -139,13 +143,11 @@ def make_impala(policy: Policy, lc: LearnerConfig) -> Algorithm:
         vl, vl_m = value_loss(values, targets.vs)
         ent, ent_m = entropy_loss(head.entropy())
         total = pg + lc.value_coef * vl + lc.entropy_coef * ent
-        rhos = jnp.exp(log_rhos)
         metrics = {
             "loss": total,
             "policy_loss": pg,
             "value_loss": vl,
-            "rho_mean": rhos.mean(),
-            "rho_max": rhos.max(),
+            **ratio_metrics(log_rhos),
             "kl_behaviour": _kl_behaviour(policy, mb, head),
             **pg_m,
             **vl_m,

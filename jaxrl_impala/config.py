@@ -9,11 +9,13 @@ that don't divide instead of adjusting them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -158,8 +160,16 @@ class TransportConfig:
     """How unrolls and params move between processes.
 
     kind: ``shm`` (shared memory, the default) or ``redis``.
-    url: Redis URL (``redis://[user:password@]host:port/db`` or ``rediss://``), for ``redis``.
+    url: Redis URL (``redis://[user[:password]@]host:port/db`` or ``rediss://``), for
+      ``redis``. A password in it is masked (``***``) in ``config.yaml``, ``--print-config``,
+      logs and the actors' command lines; better give it by ``REDIS_PASSWORD`` or
+      ``password_file``, which also serve a ``--resume``.
     prefix: key prefix for Redis (``{prefix}:unrolls``, ``{prefix}:params``).
+    password_file: a file whose first line is the Redis password, readable by its owner only
+      (mode 0600 or 0400; a file open to group or others is refused, as ssh refuses such a
+      key). Used when ``url`` holds no password; ``REDIS_PASSWORD`` in the environment is the
+      other way to give it. ``~`` is expanded; ``""``: none. Keeps the password out of
+      ``config.yaml``, command lines and logs (docs/transports.md#security).
     slots_per_actor: unrolls each actor may have in flight (queue bound).
     overflow: ``block`` (actors wait for room) or ``drop_oldest``.
     """
@@ -167,6 +177,7 @@ class TransportConfig:
     kind: str = "shm"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "jaxrl_impala"
+    password_file: str = ""
     slots_per_actor: int = 4
     overflow: str = "block"
 
@@ -585,5 +596,46 @@ def resolve_auto_actors(config: Config, num: int) -> Config:
 
 
 def dump_yaml(config: Config) -> str:
-    """The resolved config as YAML text."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """The resolved config as YAML text, its secrets masked (`public_dict`): what
+    ``config.yaml`` and ``--print-config`` show."""
+    return yaml.safe_dump(public_dict(config), sort_keys=False)
+
+
+def public_dict(config: Config) -> dict:
+    """`to_dict` with the Redis password in ``transport.url`` masked: the config as it may go
+    into files, command lines and logs. A run resumed from it gets the password back from
+    ``REDIS_PASSWORD`` or ``transport.password_file``."""
+    data = to_dict(config)
+    data["transport"]["url"] = mask_url(data["transport"]["url"])
+    return data
+
+
+MASK = "***"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by ``***`` (in the user info and in ``?password=``).
+
+    A URL that does not parse (``redis://:pw@h:port``), or has an ``@`` or a ``password``
+    where no user info can be (``redis:/u:pw@h``, ``u:pw@h``), keeps at most its scheme
+    (``redis://***``): no guess at where the password is.
+    """
+    text = str(url)
+    scheme = _SCHEME.match(text)
+    everything = (scheme.group(0) if scheme else "") + MASK
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        return everything
+    if not scheme or "@" in parts.path + parts.query + parts.fragment:
+        # No scheme://, or an @ where no user info can be: the password could be anywhere.
+        return everything if "@" in text or "password" in text.lower() else text
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        text = text.replace(netloc, f"{userinfo}@{host}", 1)
+    return re.sub(r"(?i)(password=)[^&#]*", r"\g<1>" + MASK, text)

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxrl_impala.transport.codec import FrameSpec
+
 
 class Unroll(NamedTuple):
     """One actor's send, ``[T(+1), B, ...]`` for its B envs.
@@ -81,6 +83,26 @@ BATCH_FIELDS = (
 
 # Integer metadata every unroll frame carries beside its arrays.
 META_FIELDS = ("policy_version", "actor_id", "unroll_index")
+# The ids a learner accepts. Standalone actors on other hosts choose their own (so no bound
+# comes from ``actors.num``); an id ends up in int32 seeds and sort keys, so it fits one.
+MAX_ACTOR_ID = 2**31 - 1
+# Each meta field's accepted range (inclusive); the batcher also rejects a policy version
+# newer than the learner's.
+META_RANGES: dict[str, tuple[int, int]] = {
+    "policy_version": (0, 2**63 - 1),
+    "actor_id": (0, MAX_ACTOR_ID),
+    "unroll_index": (0, 2**63 - 1),
+}
+# The float fields whose values the update reads; any non-finite one poisons the update
+# (``episode_return`` is NaN by design where no episode ended, and is only logged).
+FINITE_FIELDS = (
+    "obs",
+    "actions",
+    "behaviour_logp",
+    "behaviour_dist",
+    "rewards",
+    "truncation_value",
+)
 
 
 def cast(unroll: Unroll) -> Unroll:
@@ -157,6 +179,30 @@ def batch_from_frame(arrays: dict[str, Any]) -> dict[str, Any]:
 def concat(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Unrolls' frame fields (``[T(+1), B, ...]`` each) side by side: ``[T(+1), N, ...]``."""
     return {n: np.concatenate([f[n] for f in frames], axis=1) for n in frames[0]}
+
+
+def frame_spec(example: Unroll, action_bounds: tuple[Any, Any] | None = None) -> FrameSpec:
+    """The spec every unroll frame like ``example`` must match: its fields, dtypes and shapes,
+    the :data:`META_RANGES`, finite values in the float :data:`FINITE_FIELDS`, and (given
+    ``action_bounds``, inclusive) integer actions within them. Bool fields hold only 0 and 1
+    (the codec checks that of every frame).
+
+    Args:
+      example: an unroll of the sender's shapes and dtypes (:func:`example`).
+      action_bounds: ``(low, high)`` of integer actions, each an int or one per action
+        component (a MultiDiscrete's ``nvec - 1``); None: no bound.
+    """
+    fields = to_frame(example)
+    roots = {name: "obs" if name.startswith("obs__") else name for name in fields}
+    finite = [
+        name
+        for name, value in fields.items()
+        if roots[name] in FINITE_FIELDS and np.dtype(value.dtype).kind == "f"
+    ]
+    ranges = {}
+    if action_bounds is not None and np.dtype(fields["actions"].dtype).kind in "iu":
+        ranges["actions"] = action_bounds
+    return FrameSpec.from_arrays(fields, meta=META_RANGES, finite=finite, ranges=ranges)
 
 
 def params_to_frame(params: Any, stats: Any) -> dict[str, np.ndarray]:

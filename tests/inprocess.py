@@ -80,13 +80,17 @@ class SyncPublisher:
         self.store.publish(version, params_to_frame(*host))
 
 
-def run_in_process(run_dir, overrides=(), *, wrap_update=None):
+def run_in_process(run_dir, overrides=(), *, wrap_update=None, preload=None):
     """Runs the loop on a tiny CartPole config; returns (exit code, log records, loop).
-    ``wrap_update(update)``, when given, returns the update the loop calls instead."""
+    ``wrap_update(update)``, when given, returns the update the loop calls instead;
+    ``preload(setup)``, frames (bytes) queued before the first honest unroll, as a hostile
+    writer to the queue would."""
     config = load_config(None, [*TINY, *overrides])
     s = setup(config)
     spec, _ = s.frame_spec()
-    queue, store = MemoryQueue(bound=8, spec=spec), MemoryParamStore()
+    frames = list(preload(s)) if preload else []
+    queue, store = MemoryQueue(bound=8 + len(frames), spec=spec), MemoryParamStore()
+    queue._frames.extend(frames)  # (test-only: raw bytes, past put's encoder)
     key, init_key = jax.random.split(jax.random.PRNGKey(config.train.seed))
     state = s.init_state(init_key)
     store.publish(0, params_to_frame(*jax.device_get((state.params, state.obs_stats))))

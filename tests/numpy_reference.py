@@ -53,6 +53,65 @@ def vtrace(
     return vs, pg
 
 
+def vtrace_episodes(
+    log_rhos,
+    rewards,
+    terminated,
+    truncated,
+    truncation_value,
+    values,
+    bootstrap_value,
+    gamma,
+    *,
+    clip_rho_threshold=1.0,
+    clip_c_threshold=1.0,
+    clip_pg_rho_threshold=1.0,
+    lambda_=1.0,
+):
+    """O(T^2) V-trace from the raw episode flags, not from discounts: the trace from step s
+    runs to the end of s's episode inside the unroll and stops there. The value after step t:
+
+    * terminated (whether or not also truncated): none, the episode is over;
+    * truncated (a time limit): ``truncation_value[t]``, the final observation's value, since
+      ``x_{t+1}`` is already the next episode's first observation;
+    * otherwise ``V(x_{t+1})``, with ``V(x_T) = bootstrap_value``.
+
+    ``truncation_value`` is read only where an episode was truncated and not terminated.
+    """
+    log_rhos, rewards, values = (np.asarray(x, np.float64) for x in (log_rhos, rewards, values))
+    truncation_value = np.asarray(truncation_value, np.float64)
+    bootstrap_value = np.asarray(bootstrap_value, np.float64)
+    t_len, b_len = rewards.shape
+    vs = np.zeros((t_len, b_len))
+    pg = np.zeros((t_len, b_len))
+    for b in range(b_len):
+        v = np.append(values[:, b], bootstrap_value[b])
+        rho = np.exp(log_rhos[:, b])
+
+        def after(t, v_next, b=b):
+            if terminated[t, b]:
+                return 0.0
+            if truncated[t, b]:
+                return gamma * truncation_value[t, b]
+            return gamma * v_next
+
+        for s in range(t_len):
+            total, trace = 0.0, 1.0
+            for t in range(s, t_len):
+                delta = rewards[t, b] + after(t, v[t + 1]) - v[t]
+                total += trace * _clip(rho[t], clip_rho_threshold) * delta
+                if terminated[t, b] or truncated[t, b]:
+                    break
+                trace *= gamma * lambda_ * _clip(rho[t], clip_c_threshold)
+            vs[s, b] = v[s] + total
+        for s in range(t_len):
+            v_next = vs[s + 1, b] if s + 1 < t_len else bootstrap_value[b]
+            pg[s, b] = _clip(rho[s], clip_pg_rho_threshold) * (
+                rewards[s, b] + after(s, v_next) - v[s]
+            )
+    return vs, pg
+
+
 def gae(discounts, rewards, values, bootstrap_value, lambda_):
     """A_t = sum_l (prod_{i<l} gamma_{t+i} lambda) delta_{t+l}, written out as a double sum."""
     rewards, values, discounts = (np.asarray(x, np.float64) for x in (rewards, values, discounts))
@@ -96,6 +155,24 @@ def gaussian_log_prob(x, mean, log_std):
     return np.sum(
         -((x - mean) ** 2) / (2 * std**2) - np.log(std) - 0.5 * np.log(2 * np.pi), axis=-1
     )
+
+
+def squashed_gaussian_entropy_mc(mean, log_std, low, high, samples=2_000_000, seed=0):
+    """Monte Carlo entropy of ``a = low + (tanh(u) + 1) / 2 * (high - low)``,
+    ``u ~ N(mean, exp(log_std))`` (independent dims): ``-mean(log p(a))`` over samples, with
+    ``log p(a) = log N(u) - sum log |da/du|`` by the change of variables.
+
+    Returns:
+      ``(estimate, standard error)``.
+    """
+    mean, log_std, low, high = (np.asarray(x, np.float64) for x in (mean, log_std, low, high))
+    rng = np.random.default_rng(seed)
+    u = mean + np.exp(log_std) * rng.standard_normal((samples, mean.size))
+    # 1 - tanh(u)^2 = 4 / (e^u + e^-u)^2, in logs without overflow
+    log_sech2 = np.log(4.0) - 2.0 * (np.abs(u) + np.log1p(np.exp(-2.0 * np.abs(u))))
+    log_det = np.sum(np.log((high - low) / 2.0) + log_sech2, axis=-1)
+    neg_log_p = -(gaussian_log_prob(u, mean, log_std) - log_det)
+    return float(neg_log_p.mean()), float(neg_log_p.std() / np.sqrt(samples))
 
 
 def gaussian_kl(mean1, log_std1, mean2, log_std2):

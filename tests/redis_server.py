@@ -65,6 +65,11 @@ class RedisServer:
     def url(self) -> str:
         return self._url(self.port)
 
+    @property
+    def bare_url(self) -> str:
+        """The URL without the password (for a client that gets it from ``REDIS_PASSWORD``)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
 
@@ -87,8 +92,12 @@ class RedisServer:
                 "--dir", self._dir.name,
                 "--loglevel", "warning",
             ]  # fmt: skip
-            if self.password:
-                cmd += ["--requirepass", self.password]
+            if self.password:  # in a file, not on the command line, as docs/transports.md says
+                conf = os.path.join(self._dir.name, "redis.conf")
+                fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"requirepass {self.password}\n")
+                cmd.insert(1, conf)  # the config file is the first argument
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
             )

@@ -61,7 +61,7 @@ INSTALL_AND_TRAIN = (
     "jaxrl_impala.train --config configs/driving.yaml --set train.total_env_steps=1000000 "
     "run.name=driving-short"
 )
-REDIS_URL = '"transport.url=redis://:$REDIS_PASSWORD@hostA:6379/0"'
+REDIS_URL = "transport.url=redis://hostA:6379/0"  # the password comes from REDIS_PASSWORD
 REDIS_TRAIN = (
     f"python -m jaxrl_impala.train --config configs/driving.yaml --set transport.kind=redis "
     f"{REDIS_URL}"
@@ -72,7 +72,8 @@ REDIS_ACTOR = (
 )
 
 # README command -> how this test runs it (after `python`), in the order it runs them.
-# {tmp}: the test's tmp dir; {url}: a real redis-server with a password; {tiny}: TINY.
+# {tmp}: the test's tmp dir; {url}: a real redis-server with a password (the URL without it:
+# the commands get it from REDIS_PASSWORD, as the README's do); {tiny}: TINY.
 # The two DrivingEnv train commands differ only in the budget and the run name, which the
 # test sets itself, so they map to one run; resume, evaluate and plot use its run dir.
 DRIVING_RUN = (
@@ -185,8 +186,11 @@ def test_readme_redis_commands_run(tmp_path):
         try:
             for command, name in ((REDIS_TRAIN, "train"), (REDIS_ACTOR, "actor")):
                 log = open(tmp_path / f"{name}.log", "w")  # closed in the finally below
-                argv = _argv(COMMANDS[command], tmp=tmp_path, url=server.url)
-                procs.append((subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log), log))
+                argv = _argv(COMMANDS[command], tmp=tmp_path, url=server.bare_url)
+                env = {**os.environ, "REDIS_PASSWORD": server.password}
+                procs.append(
+                    (subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log, env=env), log)
+                )
             (train, _), (actor, _) = procs
 
             def logs() -> str:

@@ -1,9 +1,12 @@
-"""The Unroll's frame layout: to frame fields and back, and the params frame."""
+"""The Unroll's frame layout: to frame fields and back, its frame spec, and the params
+frame."""
 
 import jax
 import numpy as np
+import pytest
 
 from jaxrl_impala import unroll
+from jaxrl_impala.transport.codec import FrameError, FrameSpec, decode, encode
 
 
 def _example(obs_row, num_terms=2):
@@ -26,6 +29,33 @@ def test_frame_fields_are_the_unroll_fields_with_dict_observations_flattened():
 def test_an_absent_field_is_left_out_of_the_frame():
     u = _example(np.zeros((3, 5), np.float32), num_terms=0)
     assert u.episode_terms is None and "episode_terms" not in unroll.to_frame(u)
+
+
+def test_the_frame_spec_checks_meta_and_the_values_the_update_reads():
+    u = _example({"lidar": np.zeros((3, 5), np.float32), "image": np.zeros((3, 2, 2), np.uint8)})
+    spec = unroll.frame_spec(u)
+    assert spec.fields == FrameSpec.from_arrays(unroll.to_frame(u)).fields
+    assert set(spec.meta) == set(unroll.META_FIELDS)
+    assert all(low == 0 for low, _ in spec.meta.values())
+    assert spec.meta["actor_id"][1] == unroll.MAX_ACTOR_ID == 2**31 - 1
+    # float fields the update reads; not the uint8 image, not the NaN-by-design returns
+    assert spec.finite == {
+        "obs__lidar", "actions", "behaviour_logp", "behaviour_dist", "rewards",
+        "truncation_value",
+    }  # fmt: skip
+    assert spec.ranges == {}  # float actions: no bounds
+
+    discrete = unroll.example(4, 3, np.zeros((3, 5), np.float32), np.zeros(3, np.int32), 2, 0)
+    spec = unroll.frame_spec(discrete, (0, 1))
+    assert spec.ranges == {"actions": (0, 1)} and "actions" not in spec.finite
+    meta = {"policy_version": 2, "actor_id": 1, "unroll_index": 0}
+    fields = unroll.to_frame(discrete)
+    decode(encode(fields, meta), spec=spec)
+    with pytest.raises(FrameError, match="'actions': values outside") as caught:
+        decode(encode({**fields, "actions": np.full((4, 3), 2, np.int32)}, meta), spec=spec)
+    assert caught.value.reason == "values"
+    with pytest.raises(FrameError, match="'unroll_index' is missing"):
+        decode(encode(fields, {"policy_version": 2, "actor_id": 1}), spec=spec)
 
 
 def test_cast_gives_every_fixed_field_its_dtype():

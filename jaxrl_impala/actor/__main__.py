@@ -38,7 +38,7 @@ if __name__ == "__main__":  # before JAX is imported anywhere in this process
 from jaxrl_impala.actor.process import address_from_stdin, run  # noqa: E402  (JAX after the above)
 from jaxrl_impala.cli import add_config_options, command_parser  # noqa: E402
 from jaxrl_impala.config import ConfigError, from_dict, load_config  # noqa: E402
-from jaxrl_impala.transport import RedisTransportError, redis_address  # noqa: E402
+from jaxrl_impala.transport import RedisTransportError, redis_address, resolve_url  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config-json",
         metavar="JSON",
-        help="the resolved config as JSON, set by the trainer; replaces --config and --set "
-        "(default: none)",
+        help="the resolved config as JSON, set by the trainer, with the Redis password masked "
+        "(the address on stdin carries it); replaces --config and --set (default: none)",
     )
     add_config_options(parser, "transport.kind=redis")
     parser.add_argument(
@@ -106,11 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     address: dict | Callable[[], dict | None]
     if args.address == "-":
-        address = address_from_stdin
+        address = address_from_stdin  # with the trainer's URL, password included
     elif args.address is not None:
         address = json.loads(args.address)
     else:
-        address = redis_address(config.transport.url, config.transport.prefix)
+        try:
+            url = resolve_url(config.transport.url, config.transport.password_file)
+        except ConfigError as e:
+            print(f"actor {args.actor_id}: config error: {e}", file=sys.stderr)
+            return 2
+        address = redis_address(url, config.transport.prefix)
     try:
         return run(config, args.actor_id, address, args.incarnation)
     except RedisTransportError as e:

@@ -1,14 +1,19 @@
 """The actor process's loop: wait for params, act an unroll, push it; stop with the learner.
 
 Everything the actor receives on its command line and stdin is plain text (JSON), and
-everything it sends is a codec frame: no pickle crosses the process boundary.
+everything it sends is a codec frame: no pickle crosses the process boundary. A parameter
+frame is acted with only if it meets the spec of the actor's own templates (fields, dtypes,
+shapes, finite values); any other is counted, said once in the actor's log, and the actor
+acts on with the params it has.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -16,7 +21,7 @@ from jaxrl_impala.actor.rollout import Rollout
 from jaxrl_impala.config import Config
 from jaxrl_impala.runtime.compile_cache import in_turn, use_compile_cache
 from jaxrl_impala.runtime.cpus import ACTOR_OWN_CPU_ENV, LEARNER_PID_ENV
-from jaxrl_impala.transport import RedisTransportError, connect_actor
+from jaxrl_impala.transport import FrameError, RedisTransportError, connect_actor
 from jaxrl_impala.transport.redis import BACKOFF_MAX, BACKOFF_MIN, DEFAULT_STALE_AFTER
 
 
@@ -60,29 +65,73 @@ def run(
     deterministic = config.train.deterministic
     # Lock-step only (a standalone actor's config may say actors.num: auto, never with it).
     per_version = max(1, config.learner.batch_unrolls // config.actors.num) if deterministic else 1
-    version = -1
+    params = _Params(actor_id)
+    _exit_on_sigterm()
     try:
         while True:
             want = rollout.unroll_index // per_version if deterministic else 0
             # Wait for params: always for the first ones; in lock-step mode, for the
             # version this unroll must be acted with.
             while True:
-                got = store.fetch(newer_than=version)
-                if got is not None:
-                    version, arrays = got
-                    rollout.set_params(arrays)
-                if version >= want:
+                params.refresh(store, rollout)
+                if params.version >= want:
                     break
                 if learner_gone():
                     return 0
                 time.sleep(0.001)
-            arrays, meta = rollout.unroll(version)
+            arrays, meta = rollout.unroll(params.version)
             while not queue.put(arrays, meta, timeout=1.0):
                 if learner_gone():
                     return 0
     finally:
+        if params.rejected:
+            _say(f"actor {actor_id}: params_rejected={params.rejected}")
         queue.close()
         store.close()
+
+
+def _exit_on_sigterm() -> None:
+    """From here on, SIGTERM (a trainer stopping its actors) runs the loop's ``finally``,
+    which closes the transport and reports the count of rejected parameter frames. Not
+    before: while starting up (imports, compiles) the default action ends us at once."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Params:
+    """The version of the params the actor acts with, and the parameter frames it refused."""
+
+    def __init__(self, actor_id: int):
+        self.actor_id = actor_id
+        self.version = -1
+        self.rejected = 0
+
+    def refresh(self, store, rollout: Rollout) -> None:
+        """Take the store's newest params if it has news. The version may go down: a new
+        run's versions start over, and the learner writes its own back over a forged one.
+        A frame that fails the rollout's `params_spec` (garbage, other fields or shapes,
+        NaN) is counted and said once; the rollout keeps the params it has."""
+        try:
+            got = store.fetch(newer_than=self.version, spec=rollout.params_spec)
+            if got is not None:
+                rollout.set_params(got[1])
+                self.version = got[0]
+        except FrameError as e:
+            self.rejected += 1
+            if self.rejected == 1:
+                keep = (
+                    f"acting on with the params of version {self.version}"
+                    if self.version >= 0
+                    else "waiting for valid params"
+                )
+                _say(
+                    f"actor {self.actor_id}: a parameter frame was rejected ({e}); {keep} "
+                    "(said once; the count is in params_rejected at exit)"
+                )
 
 
 def _connect(address: dict, actor_id: int, learner_pid: int):

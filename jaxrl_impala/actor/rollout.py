@@ -26,6 +26,7 @@ from jaxrl_impala.networks import (
     policy_step_fn,
     value_fn,
 )
+from jaxrl_impala.transport.codec import FrameSpec
 from jaxrl_impala.unroll import Unroll
 
 
@@ -91,6 +92,16 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space)
     return unroll
 
 
+def params_frame_spec(params_template: Any, stats_template: Any) -> FrameSpec:
+    """What a parameter frame must be to be acted with: `unroll.params_to_frame`'s fields of
+    the templates (``jax.ShapeDtypeStruct`` trees), their dtypes and shapes, and finite
+    values in every float field."""
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), (params_template, stats_template))
+    example = unroll_lib.params_to_frame(*zeros)
+    floats = [name for name, a in example.items() if a.dtype.kind == "f"]
+    return FrameSpec.from_arrays(example, finite=floats)
+
+
 class Rollout:
     """Steps a vector env with a policy and assembles ``[T+1, B]`` unrolls (numpy).
 
@@ -117,8 +128,9 @@ class Rollout:
         self.policy = make_policy(
             obs_space, self.action_space, config.network, config.learner.obs_norm
         )
-        # Shapes only: enough to unpack the params the learner sends.
+        # Shapes only: enough to unpack the params the learner sends, and to check them.
         self.params_template, self.stats_template = params_template(self.policy, obs_space)
+        self.params_spec = params_frame_spec(self.params_template, self.stats_template)
         self.key = jax.random.PRNGKey(config.train.seed * 7919 + 104729 * (actor_id + 1))
         seed = config.train.seed * 100_003 + actor_id * self.B
         if incarnation:
@@ -165,6 +177,13 @@ class Rollout:
             jax.block_until_ready(self._value(params, stats, self.obs))
 
     def set_params(self, arrays: dict[str, np.ndarray]) -> None:
+        """Acts with `arrays` (`unroll.params_to_frame`'s fields) from now on.
+
+        Raises:
+          FrameError: they do not meet `params_spec`; the rollout keeps the params it has.
+        """
+        self.params_spec.check({name: (a.dtype, a.shape) for name, a in arrays.items()})
+        self.params_spec.check_values(arrays)
         # on the device once per version, not converted again by every jitted call
         self.params, self.stats = jax.device_put(
             unroll_lib.params_from_frame(arrays, self.params_template, self.stats_template)

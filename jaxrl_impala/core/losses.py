@@ -15,6 +15,17 @@ from jaxrl_impala.core.vtrace import vtrace
 
 Metrics = dict[str, jax.Array]
 
+# The diagnostics report rho = exp(log_rho) with log_rho capped here: exp overflows float32
+# above about 88.7, and an inf diagnostic says no more than e^30 (~1e13) does.
+MAX_LOG_RHO_METRIC = 30.0
+
+
+def ratio_metrics(log_rhos: jax.Array) -> Metrics:
+    """``rho_mean`` and ``rho_max`` of the importance ratios ``exp(log_rhos)`` [T, B], each
+    ratio capped at ``exp(MAX_LOG_RHO_METRIC)`` so the diagnostics stay finite."""
+    rhos = jnp.exp(jnp.minimum(log_rhos, MAX_LOG_RHO_METRIC))
+    return {"rho_mean": jnp.mean(rhos), "rho_max": jnp.max(rhos)}
+
 
 def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """``1 - Var[targets - predictions] / Var[targets]``; 1 is perfect, <= 0 is useless.
@@ -214,13 +225,11 @@ def appo_loss(
     vl, vl_metrics = value_loss(values, targets.vs)
     ent, ent_metrics = entropy_loss(entropy)
     loss = pg + value_coef * vl + entropy_coef * ent
-    rhos = jnp.exp(log_rhos)
     metrics = {
         "loss": loss,
         "policy_loss": pg,
         "value_loss": vl,
-        "rho_mean": jnp.mean(rhos),
-        "rho_max": jnp.max(rhos),
+        **ratio_metrics(log_rhos),
         **pg_metrics,
         **vl_metrics,
         **ent_metrics,

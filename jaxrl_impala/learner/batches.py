@@ -31,34 +31,67 @@ class Taken:
     arrays: dict[str, np.ndarray]
 
 
+# Why the batcher rejects a frame the queue let through (``frames_rejected_<reason>``):
+#   meta: its metadata is missing or not integers (a queue built without a spec);
+#   future_version: acted with params newer than the learner's, which no honest actor has
+#     (the actors of a dead run, or a forged version; the lag would go negative).
+BATCHER_REJECT_REASONS = ("meta", "future_version")
+
+
+def _frame_meta(meta: Any) -> tuple[int, int, int] | None:
+    """``(policy_version, actor_id, unroll_index)`` of a frame's meta; None unless all three
+    are there as ints (bool excluded)."""
+    try:
+        values = [meta[name] for name in unroll.META_FIELDS]
+    except (KeyError, TypeError):
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in values):
+        return None
+    policy_version, actor_id, unroll_index = (int(v) for v in values)
+    return policy_version, actor_id, unroll_index
+
+
 def take_unrolls(
     queue: Any,
     k: int,
     version: Callable[[], int],
     max_policy_lag: int,
     keep_going: Callable[[], bool],
-) -> tuple[list[Taken], int]:
+    newest: Callable[[], int] | None = None,
+) -> tuple[list[Taken], int, dict[str, int]]:
     """Up to ``k`` unrolls off ``queue``; fewer only once ``keep_going()`` turns False
     (it is asked before every wait of at most 50 ms). An unroll acted with params more than
-    ``max_policy_lag`` versions older than ``version()`` is dropped (0: keep all).
-    Returns (unrolls, how many were dropped)."""
+    ``max_policy_lag`` versions older than ``version()`` is dropped (0: keep all); one
+    without its integer metadata, or acted with params newer than ``newest()`` (the newest
+    version the learner has made; default ``version()``), is rejected
+    (`BATCHER_REJECT_REASONS`). Never raises on a frame's content.
+
+    Returns:
+      ``(unrolls, how many were dropped, rejected: reason -> count)``.
+    """
     taken: list[Taken] = []
     dropped = 0
+    rejected = dict.fromkeys(BATCHER_REJECT_REASONS, 0)
     while len(taken) < k and keep_going():
         frame = queue.get(timeout=0.05)
         if frame is None:
             continue
-        policy_version = int(frame.meta["policy_version"])
-        if max_policy_lag and version() - policy_version > max_policy_lag:
+        meta = _frame_meta(frame.meta)
+        if meta is None:
+            rejected["meta"] += 1
+            continue
+        policy_version, actor_id, unroll_index = meta
+        now = version()
+        if policy_version > (newest or version)():
+            rejected["future_version"] += 1
+            continue
+        if max_policy_lag and now - policy_version > max_policy_lag:
             dropped += 1
             continue
         # The frame's arrays are views into the queue's slot, valid until the next get.
         arrays = {name: np.array(v) for name, v in frame.arrays.items()}
-        meta = frame.meta
-        taken.append(
-            Taken(int(meta["actor_id"]), int(meta["unroll_index"]), policy_version, arrays)
-        )
-    return taken, dropped
+        taken.append(Taken(actor_id, unroll_index, policy_version, arrays))
+    return taken, dropped, rejected
 
 
 @dataclass
@@ -118,18 +151,26 @@ class InlineBatches:
         put_batch: Callable,
         term_names: tuple[str, ...],
         ordered: bool = False,
+        newest: Callable[[], int] | None = None,
     ):
+        # newest(): the newest params version the learner has made, read live; a batch
+        # gathered ahead (Prefetcher) may meet unrolls of versions made since it was asked for.
+        self.newest = newest
         self.queue, self.k, self.max_policy_lag = queue, k, max_policy_lag
         self.put_batch, self.term_names, self.ordered = put_batch, term_names, ordered
         self.dropped = 0  # unrolls dropped for policy lag
+        # frames rejected here, per reason (the queue counts its own)
+        self.rejected = dict.fromkeys(BATCHER_REJECT_REASONS, 0)
 
     def next(self, version: int, keep_going: Callable[[], bool]) -> Staged | None:
         """The batch for the update after ``version``; None once ``keep_going()`` turns
         False first (it is asked at least every 50 ms)."""
-        taken, dropped = take_unrolls(
-            self.queue, self.k, lambda: version, self.max_policy_lag, keep_going
+        taken, dropped, rejected = take_unrolls(
+            self.queue, self.k, lambda: version, self.max_policy_lag, keep_going, self.newest
         )
         self.dropped += dropped
+        for reason, n in rejected.items():
+            self.rejected[reason] += n
         if len(taken) < self.k:
             return None
         if self.ordered:
@@ -164,6 +205,11 @@ class Prefetcher:
     def dropped(self) -> int:
         """Unrolls dropped for policy lag."""
         return self._inline.dropped
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Frames rejected by the batcher, per reason."""
+        return dict(self._inline.rejected)
 
     def _run(self) -> None:
         going = lambda: not self._stop.is_set()  # noqa: E731
@@ -212,10 +258,14 @@ def batch_source(
     overlap: bool,
     deterministic: bool,
     num_processes: int,
+    newest: Callable[[], int] | None = None,
 ) -> InlineBatches | Prefetcher:
     """The learner's batch source: a :class:`Prefetcher` when ``overlap`` is asked for and
     allowed (one process, not deterministic), else :class:`InlineBatches` (in actor and
-    unroll order when ``deterministic``)."""
+    unroll order when ``deterministic``). ``newest()``: the newest params version the
+    learner has made (unrolls of newer ones are forged)."""
     prefetch = overlap and not deterministic and num_processes == 1
-    inline = InlineBatches(queue, k, max_policy_lag, put_batch, term_names, ordered=deterministic)
+    inline = InlineBatches(
+        queue, k, max_policy_lag, put_batch, term_names, ordered=deterministic, newest=newest
+    )
     return Prefetcher(inline) if prefetch else inline

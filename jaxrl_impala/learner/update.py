@@ -148,10 +148,13 @@ def make_update(
     minibatch_columns = NamedSharding(mesh, P(None, None, "data"))
 
     def sgd_step(state: TrainState, mb):
-        (_, metrics), grads = grad_fn(state.params, state.obs_stats, mb)
+        (loss, metrics), grads = grad_fn(state.params, state.obs_stats, mb)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.tree.norm(grads)  # non-finite iff some gradient is
+        # What the update's guard looks at: the loss and the gradients, not the diagnostics.
+        metrics["step_finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         return state.replace(params=params, opt_state=opt_state), metrics
 
     def update(state: TrainState, batch: dict, key: jax.Array):
@@ -177,12 +180,15 @@ def make_update(
             return jax.lax.scan(sgd_step, state, minibatches)
 
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, algorithm.epochs))
+        steps_finite = jnp.all(metrics.pop("step_finite"))
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["reward_mean"] = jnp.mean(batch["rewards"])
-        # A non-finite loss, gradient or result leaves the state as it was (the step count
-        # still advances); the trainer counts these and stops after too many in a row.
-        leaves = jax.tree.leaves((metrics, state))
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        # A non-finite loss, gradient or new state leaves the state as it was (the step count
+        # still advances); the trainer counts these and stops after too many in a row. The
+        # diagnostics (rho_max, kl_behaviour, ...) are not looked at: an inf among them says
+        # nothing against an update whose loss and gradients are finite.
+        leaves = jax.tree.leaves(state)
+        finite = steps_finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
         # One conditional rather than a select per leaf, which XLA compiles much slower.
         state = jax.lax.cond(finite, lambda: state, lambda: old_state)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)

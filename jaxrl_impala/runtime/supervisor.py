@@ -12,7 +12,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from jaxrl_impala.config import Config, to_dict
+from jaxrl_impala.config import Config, public_dict
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.runtime.cpus import ACTOR_CPU_ENV, ACTOR_OWN_CPU_ENV, LEARNER_PID_ENV
 
@@ -72,12 +72,14 @@ class ActorSupervisor:
 
     def _start(self, i: int) -> None:
         env = self.actor_env(i)
+        # The command line is world-readable (/proc/PID/cmdline, ps): the config goes there
+        # with the Redis password masked, and the real URL travels on stdin, in the address.
         cmd = [
             sys.executable,
             "-m",
             "jaxrl_impala.actor",
             "--config-json",
-            json.dumps(to_dict(self.config)),
+            json.dumps(public_dict(self.config)),
             "--actor-id",
             str(self.first_id + i),
             "--address",

@@ -26,17 +26,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_impala.errors import TrainError
-from jaxrl_impala.learner.batches import Prefetcher, Staged
+from jaxrl_impala.learner.batches import BATCHER_REJECT_REASONS, Prefetcher, Staged
 from jaxrl_impala.runtime import distributed
 from jaxrl_impala.train.evaluation import eval_seed, evaluate
 from jaxrl_impala.train.setup import Setup
+from jaxrl_impala.transport import codec
 
+# Why frames were rejected, by the queue (the codec's reasons) or the batcher.
+REJECT_REASONS = tuple(dict.fromkeys((*codec.REJECT_REASONS, *BATCHER_REJECT_REASONS)))
 COUNTERS = (
     "frames_rejected",
     "unrolls_dropped",
     "actor_restarts",
     "updates_skipped_nonfinite",
     "eval_failures",
+    *(f"frames_rejected_{reason}" for reason in REJECT_REASONS),
 )
 
 
@@ -61,7 +65,8 @@ class Ports:
     """The loop's I/O.
 
     Attributes:
-      batches: ``next(version, keep_going) -> Staged | None``, ``dropped``, ``close()``.
+      batches: ``next(version, keep_going) -> Staged | None``, ``dropped``, ``rejected``
+        (reason -> frames), ``close()``.
       queue: the trajectory queue, for its ``qsize()`` and ``stats`` gauges.
       actors: see :class:`Actors`.
       log: ``write(record)`` (`io.metrics.MetricsLog`, or `NullLog`).
@@ -275,8 +280,18 @@ class TrainLoop:
         """The run's counters: this process's plus what a resumed run had counted."""
         run, start = self.run, self.run.counters_at_start
         stats = getattr(self.ports.queue, "stats", {})
-        run.counters["frames_rejected"] = start["frames_rejected"] + int(
-            stats.get("frames_rejected", 0)
+        # Rejected by the queue (its stats, per reason) or by the batcher (per reason).
+        by_batcher = getattr(self.ports.batches, "rejected", {})
+        rejected = {n: int(v) for n, v in stats.items() if n.startswith("frames_rejected_")}
+        for reason, n in by_batcher.items():
+            name = f"frames_rejected_{reason}"
+            rejected[name] = rejected.get(name, 0) + n
+        for name, n in rejected.items():
+            run.counters[name] = start.get(name, 0) + n
+        run.counters["frames_rejected"] = (
+            start["frames_rejected"]
+            + int(stats.get("frames_rejected", 0))
+            + sum(by_batcher.values())
         )
         run.counters["unrolls_dropped"] = (
             start["unrolls_dropped"]

@@ -47,6 +47,7 @@ class OnDeviceBatches:
     def __init__(self, s: Setup, params: Callable[[], tuple[Any, Any]], incarnation: int = 0):
         config = s.config
         self.s, self._params, self.dropped = s, params, 0
+        self.rejected: dict[str, int] = {}  # nothing crosses a transport: nothing rejected
         n = s.sizes["batch_size"]
         env = make_vector_env(config, n)
         if not hasattr(env, "pure_step"):

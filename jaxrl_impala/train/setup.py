@@ -11,12 +11,14 @@ those pieces by hand::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
@@ -81,6 +83,11 @@ class Setup:
 
     def example_unroll(self) -> unroll.Unroll:
         """A zero :class:`~jaxrl_impala.unroll.Unroll` of one actor's send."""
+        return self._example
+
+    @functools.cached_property
+    def _example(self) -> unroll.Unroll:
+        # Traced once per setup (the frame spec and the compile-ahead both ask for it).
         T, B = self.config.rollout.length, self.config.env.num_envs
 
         def action_and_dist_params():
@@ -94,16 +101,30 @@ class Setup:
         return unroll.example(T, B, obs_row, action, dist_params.shape[-1], len(self.term_names))
 
     def frame_spec(self) -> tuple[FrameSpec, int]:
-        """The spec every unroll frame must match, and the largest frame's size in bytes."""
-        fields = unroll.to_frame(self.example_unroll())
+        """The spec every unroll frame must match (`unroll.frame_spec`: layout, metadata,
+        values), and the largest frame's size in bytes."""
+        example = self.example_unroll()
+        fields = unroll.to_frame(example)
         meta = dict.fromkeys(unroll.META_FIELDS, 0)
-        return FrameSpec.from_arrays(fields), encoded_size(fields, meta) + _HEADER_SLACK
+        spec = unroll.frame_spec(example, _action_bounds(self.action_space))
+        return spec, encoded_size(fields, meta) + _HEADER_SLACK
 
     def example_batch(self) -> dict[str, Any]:
         """A zero batch of this process's share, on the mesh (compiles the update ahead)."""
         fields = unroll.to_frame(self.example_unroll())
         k = self.sizes["local_batch_unrolls"]
         return self.put_batch(unroll.batch_from_frame(unroll.concat([fields] * k)))
+
+
+def _action_bounds(space: gym.Space) -> tuple[Any, Any] | None:
+    """Inclusive bounds of a discrete space's actions (None for a Box)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start), int(space.start + space.n - 1)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        low = np.ravel(np.broadcast_to(getattr(space, "start", 0), space.nvec.shape))
+        high = low + np.ravel(space.nvec) - 1
+        return tuple(int(x) for x in low), tuple(int(x) for x in high)
+    return None
 
 
 def setup(config: Config, *, num_processes: int = 1, algorithm: Algorithm | None = None) -> Setup:

@@ -60,6 +60,14 @@ class Trainer:
 
     def run(self) -> int:
         config, run_dir = self.config, self.run_dir
+        # The URL with its password (from the URL, transport.password_file or REDIS_PASSWORD):
+        # it reaches the transport and, on their stdin, the actors; files, argv and logs get
+        # the masked config. Resolved first, so a refused password file stops nothing started.
+        self.redis_url = config.transport.url
+        if config.transport.kind == "redis":
+            from jaxrl_impala.transport import resolve_url
+
+            self.redis_url = resolve_url(config.transport.url, config.transport.password_file)
         # Join the other learner processes before anything touches a JAX backend.
         try:
             process_id, num_processes = distributed.initialize(config.distributed)
@@ -188,7 +196,7 @@ class Trainer:
 
             transport, queue, store = None, NoQueue(), None
         else:
-            transport, queue, store, address = self._open_transport(s)
+            transport, queue, store, address = self._open_transport(s, run)
             actors.set_address(address)
         return self._train(s, run, update, actors, transport, queue, store)
 
@@ -222,13 +230,11 @@ class Trainer:
         run.state = jax.device_put(host_state, s.replicated)
         return run
 
-    def _open_transport(self, s):
+    def _open_transport(self, s, run):
         """``(transport, queue, params store, actors' address)``. Process 0 creates the
         transport; the others attach to its Redis queue (they publish nothing)."""
         import jax
-        import numpy as np
 
-        from jaxrl_impala.networks import params_template
         from jaxrl_impala.transport import (
             RedisQueue,
             RedisTransportError,
@@ -240,10 +246,7 @@ class Trainer:
 
         config, ct = self.config, self.config.transport
         spec, slot_bytes = s.frame_spec()
-        zeros = lambda x: np.zeros(x.shape, x.dtype)  # noqa: E731
-        params_example = params_to_frame(
-            *jax.tree.map(zeros, params_template(s.policy, s.obs_space))
-        )
+        params_example = params_to_frame(*jax.device_get((run.state.params, run.state.obs_stats)))
         param_bytes = encoded_size(params_example, {"version": 0}) + 4096
         transport = None
         try:
@@ -257,7 +260,7 @@ class Trainer:
                     overflow=ct.overflow,
                     spec=spec,
                     # shm names its segments per run; Redis keys are shared with remote actors
-                    **({"url": ct.url, "prefix": ct.prefix} if ct.kind == "redis" else {}),
+                    **({"url": self.redis_url, "prefix": ct.prefix} if ct.kind == "redis" else {}),
                 )
         except RedisTransportError as e:
             raise TrainError(str(e)) from None
@@ -265,8 +268,8 @@ class Trainer:
         distributed.barrier("jaxrl_impala:transport")
         if self.lead:
             return transport, transport.queue, transport.params, transport.address
-        queue = RedisQueue.attach(ct.url, ct.prefix, spec=spec)
-        address = {**redis_address(ct.url, ct.prefix), "max_frame_bytes": slot_bytes}
+        queue = RedisQueue.attach(self.redis_url, ct.prefix, spec=spec)
+        address = {**redis_address(self.redis_url, ct.prefix), "max_frame_bytes": slot_bytes}
         return None, queue, None, address
 
     def _train(self, s, run, update, actors, transport, queue, store) -> int:
@@ -300,6 +303,7 @@ class Trainer:
                 overlap=config.learner.overlap,
                 deterministic=config.train.deterministic,
                 num_processes=self.num_processes,
+                newest=lambda: run.version,
             )
         log = NullLog()
         try:

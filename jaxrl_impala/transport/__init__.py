@@ -11,7 +11,8 @@ The shared-memory transport is primary::
 `create_transport` / `connect_actor` wrap that behind a plain-data ``address`` dict, so a
 trainer can start actors with ``subprocess.Popen``. ``kind="redis"`` (`redis.py`) puts the
 same queue and store on a Redis server (``url``, key ``prefix``), so actors on other hosts
-can join: `redis_address(url, prefix)` is all such an actor needs.
+can join: `redis_address(url, prefix)` is all such an actor needs (`resolve_url` first adds
+the password from ``REDIS_PASSWORD`` or ``transport.password_file`` when the URL has none).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from jaxrl_impala.transport.redis import (
     RedisQueue,
     RedisTransportError,
     mask_url,
+    resolve_url,
 )
 from jaxrl_impala.transport.shm import (
     ShmParamStore,
@@ -83,6 +85,7 @@ __all__ = [
     "make_prefix",
     "mask_url",
     "redis_address",
+    "resolve_url",
 ]
 
 TRANSPORT_KINDS = ("shm", "redis")

@@ -10,13 +10,33 @@ and attach by name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from jaxrl_impala.transport.codec import Frame
+from jaxrl_impala.transport.codec import REJECT_REASONS, Frame, FrameSpec
 
-__all__ = ["Closing", "ParamStore", "TrajectoryConsumer", "TrajectoryProducer", "TrajectoryQueue"]
+__all__ = [
+    "Closing",
+    "ParamStore",
+    "TrajectoryConsumer",
+    "TrajectoryProducer",
+    "TrajectoryQueue",
+    "rejection_stats",
+]
+
+
+def rejection_stats(total: int, by_reason: Mapping[str, int]) -> dict[str, int]:
+    """A consumer's ``stats`` entries for its rejected frames: ``frames_rejected`` (all of
+    them) and ``frames_rejected_<reason>`` for every `codec.REJECT_REASONS` (and any other
+    reason in ``by_reason``). A rejection counted in ``total`` without a reason (a broken
+    ring slot, a Redis key that is not a list) is ``malformed``."""
+    out = {f"frames_rejected_{r}": 0 for r in REJECT_REASONS}
+    out.update({f"frames_rejected_{r}": int(n) for r, n in by_reason.items()})
+    given = sum(int(n) for r, n in by_reason.items() if r != "malformed")
+    out["frames_rejected_malformed"] = int(total) - given
+    return {"frames_rejected": int(total), **out}
 
 
 class Closing:
@@ -63,7 +83,8 @@ class TrajectoryConsumer(Protocol):
 
         The frame's arrays may be views into transport memory: they stay valid until the next
         `get` or `release(frame)` call on this queue, so copy what you keep. Corrupt frames
-        are dropped and counted in ``stats["frames_rejected"]``, never raised.
+        are dropped and counted in ``stats["frames_rejected"]`` and, by the
+        `codec.FrameError` reason, ``stats["frames_rejected_<reason>"]``; never raised.
         """
         ...
 
@@ -82,7 +103,8 @@ class TrajectoryConsumer(Protocol):
 
     @property
     def stats(self) -> dict[str, int]:
-        """At least ``got``, ``frames_rejected`` and ``unrolls_dropped``."""
+        """At least ``got``, ``frames_rejected`` (with its `rejection_stats` per reason)
+        and ``unrolls_dropped``."""
         ...
 
 
@@ -99,12 +121,22 @@ class ParamStore(Protocol):
         """Replace the stored parameters (learner only). Versions should increase."""
         ...
 
-    def fetch(self, newer_than: int = -1) -> tuple[int, dict[str, np.ndarray]] | None:
+    def fetch(
+        self, newer_than: int = -1, *, spec: FrameSpec | None = None
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
         """``(version, arrays)`` if the stored version is > `newer_than`, else None.
 
         Never blocks on the writer and never returns a torn mix of two versions: if a
         consistent read cannot be had quickly it returns None and the caller tries later.
-        The arrays are private copies.
+        The arrays are private copies. A store that outlives its learner (Redis) also
+        returns, once a reader has taken a frame, any other frame: a new run's (its versions
+        start over) or a version lower than the last, written back over a forged one; the
+        caller takes the version it gets.
+
+        Raises:
+          FrameError: the stored frame fails the codec's checks or `spec`'s (fields, dtypes,
+            shapes, finite values). It is counted in ``stats["frames_rejected"]``; the caller
+            keeps the params it has, and the same frame is not reported again at once.
         """
         ...
 

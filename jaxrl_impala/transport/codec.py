@@ -1,6 +1,8 @@
 """A versioned, self-describing binary frame for numpy arrays: the only thing that crosses a
 process boundary in jaxrl_impala. Never pickle: the learner must be safe against a hostile
-writer, so `decode` validates every byte of structure before it builds a single array.
+writer, so `decode` validates every byte of structure before it builds a single array, and
+given a `FrameSpec` also the metadata and the values the consumer relies on. It raises only
+`FrameError`, whose ``reason`` (:data:`REJECT_REASONS`) the transports count.
 
 Layout (all integers little-endian)::
 
@@ -27,8 +29,8 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ __all__ = [
     "FrameError",
     "FrameSpec",
     "FrameTooLargeError",
+    "REJECT_REASONS",
     "decode",
     "encode",
     "encode_into",
@@ -82,8 +85,27 @@ _FIELD_KEYS = frozenset({"name", "dtype", "shape", "offset", "nbytes"})
 _HEADER_KEYS = frozenset({"fields", "meta"})
 
 
+# Why a frame was rejected, coarsest first (each a ``frames_rejected_<reason>`` counter):
+#   malformed: not a valid frame (magic, version, length, crc, header, layout);
+#   spec: a valid frame whose fields, dtypes or shapes differ from the consumer's spec;
+#   meta: metadata the spec requires is missing, not an int or out of range;
+#   values: a bool byte other than 0 or 1, a non-finite float or an out-of-range int where
+#     the spec asks for finite / bounded values.
+# "oversized": discarded before decoding (the Redis pop script drops elements over the
+# frame bound on the server).
+REJECT_REASONS = ("malformed", "spec", "meta", "values", "oversized")
+
+
 class FrameError(ValueError):
-    """A frame failed validation; the message names the field or the problem in one line."""
+    """A frame failed validation; the message names the field or the problem in one line.
+
+    Attributes:
+      reason: one of :data:`REJECT_REASONS`.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class FrameTooLargeError(ValueError):
@@ -111,37 +133,88 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameSpec:
-    """The exact field set, dtypes and shapes a consumer accepts (e.g. one Unroll layout).
+    """What a consumer accepts (e.g. one Unroll layout): the exact field set, dtypes and
+    shapes, the metadata it needs, and the values it checks.
 
     Attributes:
       fields: name -> (little-endian dtype, shape).
+      meta: required meta key -> its inclusive ``(low, high)`` range (other keys may come too).
+      finite: float fields whose every value must be finite.
+      ranges: integer field -> inclusive ``(low, high)`` bounds; each bound an int or a
+        sequence broadcast over the field's last axis (a MultiDiscrete's ``nvec - 1``).
     """
 
     fields: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+    meta: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    finite: frozenset[str] = frozenset()
+    ranges: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_arrays(cls, example: Mapping[str, Any]) -> FrameSpec:
-        """The spec that `example` (name -> array-like) satisfies."""
+    def from_arrays(
+        cls,
+        example: Mapping[str, Any],
+        *,
+        meta: Mapping[str, tuple[int, int]] | None = None,
+        finite: Iterable[str] = (),
+        ranges: Mapping[str, tuple[Any, Any]] | None = None,
+    ) -> FrameSpec:
+        """The spec that `example` (name -> array-like) satisfies, plus the given checks.
+
+        Raises:
+          ValueError: a `finite` field that is not a float field of `example`, or a `ranges`
+            field that is not an integer one or whose bounds do not broadcast over it.
+        """
         fields = {}
         for name, value in example.items():
             arr = np.asarray(value)
             fields[name] = (_wire_dtype(name, arr.dtype), tuple(int(d) for d in arr.shape))
-        return cls(fields)
+        finite, ranges = frozenset(finite), dict(ranges or {})
+        for names, kind, what in ((finite, "f", "a float"), (ranges, "iu", "an integer")):
+            for name in names:
+                if name not in fields or fields[name][0].kind not in kind:
+                    raise ValueError(f"spec: {name!r} is not {what} field of the example")
+        for name, (low, high) in ranges.items():  # bounds must broadcast over the field
+            np.broadcast_shapes(fields[name][1], np.shape(low), np.shape(high))
+        return cls(fields, dict(meta or {}), finite, ranges)
 
     def check(self, frame_fields: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         """Raise FrameError unless `frame_fields` matches this spec exactly."""
         missing = sorted(set(self.fields) - set(frame_fields))
         extra = sorted(set(frame_fields) - set(self.fields))
         if missing or extra:
-            raise FrameError(f"frame fields do not match spec: missing {missing}, extra {extra}")
+            raise FrameError(
+                f"frame fields do not match spec: missing {missing}, extra {extra}", "spec"
+            )
         for name, (dtype, shape) in self.fields.items():
             got_dtype, got_shape = frame_fields[name]
             if got_dtype != dtype:
-                raise FrameError(f"field {name!r}: dtype {got_dtype.name}, spec wants {dtype.name}")
+                raise FrameError(
+                    f"field {name!r}: dtype {got_dtype.name}, spec wants {dtype.name}", "spec"
+                )
             if tuple(got_shape) != tuple(shape):
                 raise FrameError(
-                    f"field {name!r}: shape {list(got_shape)}, spec wants {list(shape)}"
+                    f"field {name!r}: shape {list(got_shape)}, spec wants {list(shape)}", "spec"
                 )
+
+    def check_meta(self, meta: Mapping[str, int]) -> None:
+        """Raise FrameError unless every required meta key is there and in its range (the
+        decoder has already made every value an int64)."""
+        for key, (low, high) in self.meta.items():
+            if key not in meta:
+                raise FrameError(f"meta {key!r} is missing", "meta")
+            if not low <= meta[key] <= high:
+                raise FrameError(f"meta {key!r}: {meta[key]} is outside [{low}, {high}]", "meta")
+
+    def check_values(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Raise FrameError where a `finite` field holds NaN or inf, or a `ranges` field a
+        value outside its bounds."""
+        for name in sorted(self.finite):
+            if not np.isfinite(arrays[name]).all():
+                raise FrameError(f"field {name!r}: non-finite values", "values")
+        for name, (low, high) in self.ranges.items():
+            a = arrays[name]
+            if a.size and ((a < np.asarray(low)).any() or (a > np.asarray(high)).any()):
+                raise FrameError(f"field {name!r}: values outside [{low}, {high}]", "values")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -320,6 +393,10 @@ def _parse_header(raw: bytes, payload_len: int):
             raise FrameError(
                 f"field {name!r}: bytes [{offset}, {offset + nbytes}) lie outside the payload"
             )
+        # A zero-size field passes the checks above whatever its other sides; numpy still
+        # refuses a shape whose non-zero sides multiply past its index range.
+        if math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_FIELD_BYTES:
+            raise FrameError(f"field {name!r}: shape {shape} spans more than 2**40 bytes")
         layout.append((name, dtype, tuple(shape), offset, nbytes))
 
     if len({entry[0] for entry in layout}) != len(layout):
@@ -331,16 +408,38 @@ def _parse_header(raw: bytes, payload_len: int):
     return layout, dict(meta)
 
 
+def _arrays(mv: memoryview, data_start: int, layout, copy: bool) -> dict[str, np.ndarray]:
+    """The fields' arrays over ``mv``; a bool field must hold only the bytes 0 and 1."""
+    arrays = {}
+    for name, dtype, shape, offset, nbytes in layout:
+        count = nbytes // dtype.itemsize
+        if dtype.kind == "b" and count:
+            raw = np.frombuffer(mv, dtype=np.uint8, count=count, offset=data_start + offset)
+            if raw.max() > 1:  # any other byte is no numpy bool: `1 - (t | f)` goes negative
+                raise FrameError(f"field {name!r}: bool bytes other than 0 and 1", "values")
+        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=data_start + offset)
+        arr = arr.reshape(shape)
+        if copy:
+            arr = arr.copy()
+        else:
+            arr.flags.writeable = False
+        arrays[name] = arr
+    return arrays
+
+
 def decode(buf, *, spec: FrameSpec | None = None, copy: bool = False) -> Frame:
     """Validate and decode one frame (bytes, bytearray, memoryview, ...) of exactly its length.
 
     Args:
       buf: the frame; any extra trailing byte is an error.
-      spec: if given, the field set, dtypes and shapes must equal it exactly.
+      spec: if given, the field set, dtypes and shapes must equal it exactly, the metadata it
+        requires must be there and in range, and its value checks must pass.
       copy: False -> read-only zero-copy views into `buf`; True -> private writable copies.
 
     Raises:
-      FrameError: on any structural, checksum or spec mismatch, before any array is built.
+      FrameError: on any structural, checksum, spec, metadata or value mismatch (and
+        nothing else); its ``reason`` says which. Structure is checked before any array is
+        built.
     """
     try:
         mv = memoryview(buf).cast("B")
@@ -369,15 +468,15 @@ def decode(buf, *, spec: FrameSpec | None = None, copy: bool = False) -> Frame:
     layout, meta = _parse_header(bytes(mv[PREFIX_BYTES : PREFIX_BYTES + header_len]), payload_len)
     if spec is not None:
         spec.check({name: (dtype, shape) for name, dtype, shape, _, _ in layout})
-
-    arrays = {}
-    for name, dtype, shape, offset, nbytes in layout:
-        count = nbytes // dtype.itemsize
-        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=data_start + offset)
-        arr = arr.reshape(shape)
-        if copy:
-            arr = arr.copy()
-        else:
-            arr.flags.writeable = False
-        arrays[name] = arr
+        spec.check_meta(meta)
+    try:
+        arrays = _arrays(mv, data_start, layout, copy)
+    except (ValueError, TypeError, OverflowError) as e:
+        if isinstance(e, FrameError):
+            raise
+        # The header checks should leave numpy nothing to refuse; should one slip through,
+        # the caller still gets the one error it handles.
+        raise FrameError(f"frame arrays cannot be built: {e}") from None
+    if spec is not None:
+        spec.check_values(arrays)
     return Frame(arrays=arrays, meta=meta)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrl_impala.transport.base import Closing
-from jaxrl_impala.transport.codec import Frame, FrameSpec, decode, encode
+from jaxrl_impala.transport.base import Closing, rejection_stats
+from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, decode, encode
 
 
 class MemoryQueue(Closing):
@@ -28,7 +28,8 @@ class MemoryQueue(Closing):
         self.spec = spec
         self._frames: collections.deque[bytes] = collections.deque()
         self._closed = False
-        self._counts = {"put": 0, "got": 0, "frames_rejected": 0, "unrolls_dropped": 0}
+        self._counts = {"put": 0, "got": 0, "unrolls_dropped": 0}
+        self._rejected: collections.Counter[str] = collections.Counter()  # per reason
 
     def put(
         self, arrays: dict[str, np.ndarray], meta: dict[str, int], timeout: float | None = None
@@ -43,8 +44,8 @@ class MemoryQueue(Closing):
         while self._frames:
             try:
                 frame = decode(self._frames.popleft(), spec=self.spec)
-            except Exception:  # noqa: BLE001 - counted, never raised, as every transport does
-                self._counts["frames_rejected"] += 1
+            except FrameError as e:  # counted, never raised, as every transport does
+                self._rejected[e.reason] += 1
                 continue
             self._counts["got"] += 1
             return frame
@@ -62,7 +63,7 @@ class MemoryQueue(Closing):
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._counts)
+        return {**self._counts, **rejection_stats(self._rejected.total(), self._rejected)}
 
 
 class MemoryParamStore(Closing):
@@ -74,10 +75,15 @@ class MemoryParamStore(Closing):
     def publish(self, version: int, arrays: dict[str, Any]) -> None:
         self._latest = (int(version), {k: np.array(v) for k, v in arrays.items()})
 
-    def fetch(self, newer_than: int = -1) -> tuple[int, dict[str, np.ndarray]] | None:
+    def fetch(
+        self, newer_than: int = -1, *, spec: FrameSpec | None = None
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
         if self._latest is None or self._latest[0] <= newer_than:
             return None
         version, arrays = self._latest
+        if spec is not None:  # the checks a decoded frame gets (raises FrameError)
+            spec.check({k: (v.dtype, v.shape) for k, v in arrays.items()})
+            spec.check_values(arrays)
         return version, {k: v.copy() for k, v in arrays.items()}
 
     def close(self) -> None:

@@ -4,10 +4,11 @@ so actors can run on other hosts and join a running learner.
 Keys (``P`` is ``transport.prefix``; the first two are the public contract)::
 
     P:unrolls   LIST    encoded unroll frames, oldest at the head (RPUSH in, LPOP out)
-    P:params    HASH    {"version": int, "frame": encoded params}, replaced by one HSET
+    P:params    HASH    {"version": int, "token": the run's token, "frame": encoded params},
+                        replaced whole by one script
     P:learner   HASH    the learner's heartbeat (pid, host, queue bound, overflow policy,
                         largest frame), with a TTL the learner refreshes every 0.5 s
-    P:stats     HASH    {"put": n, "dropped": n}, counted by the push script
+    P:stats     HASH    {"put": n, "dropped": n}, counted by the push and pop scripts
     P:closed    STRING  written (with a TTL) by the learner when it closes the queue
 
 Pushes and the param fetch are server-side Lua scripts, so each is one round trip and atomic:
@@ -17,12 +18,24 @@ Pushes and the param fetch are server-side Lua scripts, so each is one round tri
   LTRIM back to ``bound`` and add exactly the number trimmed to ``P:stats dropped``. The bound
   is on the whole list (``actors.num * slots_per_actor``), not per actor: in Redis mode actor
   ids are only metadata, so remote actors may join with any id.
-* fetch: read ``version`` alone; send the frame only when it is newer than the caller's.
+* fetch: read the stored frame's identity (token, version, length); send the frame only
+  when it is news to the reader (`RedisParamStore.fetch`).
+* pop: trim a list that outgrew its bound (a flood pushed around the push script), then pop
+  up to ``batch`` frames, discarding elements over the learner's frame limit on the server.
 
-The learner pops up to ``batch`` frames per round trip (``LPOP key count``) into a small local
-buffer and BLPOPs when the list is empty. Every frame is validated by `codec.decode` against
-the learner's `FrameSpec`; a frame that fails (garbage, truncated, wrong dtype or shape, a
-pickle) is dropped and counted in ``frames_rejected``, never raised, never unpickled.
+The push script is the honest client's courtesy; the pop script is what holds against a
+writer who pushes around it. The learner pops up to ``batch`` frames per round trip into a
+small local buffer and polls (1-2 ms) while the list is empty, so no element over
+``max_frame_bytes`` ever reaches its memory (``frames_rejected_oversized``), and a flood
+costs throughput, not memory: the list is cut back to its bound (the oldest kept under
+``block``, the newest under ``drop_oldest``; counted in ``unrolls_dropped``). Every frame is
+validated by `codec.decode` against the learner's `FrameSpec`; a frame that fails (garbage,
+truncated, wrong dtype or shape, a pickle) is dropped and counted in ``frames_rejected``,
+never raised, never unpickled.
+
+Parameters carry the run's random token, and the learner's upkeep writes its newest frame
+back whenever the stored one is not exactly it, so a restarted learner, garbage or a forged
+version in ``P:params`` neither crashes nor strands the actors (`RedisParamStore`).
 
 Reconnects: every handle wraps its commands in `_Link`, which on a connection error marks the
 server down and retries after an exponential backoff (50 ms doubling to 2 s). While the
@@ -39,11 +52,13 @@ rejected credentials are one-line `RedisTransportError`s naming the URL, passwor
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
 import secrets
 import socket
+import stat
 import sys
 import threading
 import time
@@ -51,7 +66,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import redis
@@ -61,8 +76,9 @@ from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from jaxrl_impala.config import MASK, ConfigError, mask_url
 from jaxrl_impala.transport import codec
-from jaxrl_impala.transport.base import Closing
+from jaxrl_impala.transport.base import Closing, rejection_stats
 from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, FrameTooLargeError
 
 __all__ = [
@@ -72,11 +88,15 @@ __all__ = [
     "RedisProducer",
     "RedisQueue",
     "RedisTransportError",
+    "PASSWORD_ENV",
     "connect",
     "mask_url",
+    "read_password_file",
+    "resolve_url",
 ]
 
 DEFAULT_PREFIX = "jaxrl_impala"
+PASSWORD_ENV = "REDIS_PASSWORD"  # where `resolve_url` looks for a password the URL lacks
 DEFAULT_STALE_AFTER = 20.0  # seconds without a learner heartbeat before actors give up
 HEARTBEAT_INTERVAL = 0.5
 HEARTBEAT_TTL_MS = 5000
@@ -84,9 +104,11 @@ CLOSED_TTL_MS = 120_000  # the closed marker outlives the run long enough for ac
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0  # reconnect backoff (seconds)
 POLL_MIN, POLL_MAX = 0.001, 0.01  # a blocked put polls for room this often
 STATUS_EVERY = 0.25  # actors refresh `closed` / learner liveness at most this often
-BLOCK_MAX = 1.0  # longest single BLPOP of the consumer
+POP_POLL_MAX = 0.002  # the learner polls an empty list this often at most (no BLPOP: see _fill)
 CONNECT_TIMEOUT = 3.0
 SOCKET_TIMEOUT = 10.0
+RETRY_REJECTED = 1.0  # a reader fetches a params frame it rejected again after this long
+DIGEST_EVERY = 4  # the upkeep compares the stored frame's SHA-1 every 4th check (2 s)
 
 # Push / room status codes returned by the scripts.
 _OK, _CLOSED, _NO_LEARNER, _FULL, _TOO_LARGE = 0, -1, -2, -3, -4
@@ -119,16 +141,93 @@ if cfg[2] ~= '1' and redis.call('LLEN', KEYS[1]) >= tonumber(cfg[1]) then return
 return 0
 """
 
-_FETCH_LUA = """
-local v = redis.call('HGET', KEYS[1], 'version')
-if not v then return false end
-if tonumber(v) <= tonumber(ARGV[1]) then return {v} end
-return {v, redis.call('HGET', KEYS[1], 'frame')}
+# The learner's pop: first trim a list that outgrew its bound (a flood pushed around the push
+# script) back to it, keeping the oldest under `block` and the newest under `drop_oldest`,
+# counted as drops; then LPOP up to ARGV[1] elements, discarding (and counting) those over
+# max_bytes here on the server, so they never cross to the learner. At most ARGV[1] + 8
+# elements are looked at per call. An attached learner (ARGV[2] = 0) takes the owner's
+# settings from its heartbeat, and pops nothing while there is none.
+# KEYS: unrolls, stats, learner; ARGV: count, max_bytes, bound, drop ('1': drop_oldest).
+# Returns {oversized, trimmed, element...}.
+_POP_LUA = """
+local max_bytes, bound, drop = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if max_bytes <= 0 then
+  local cfg = redis.call('HMGET', KEYS[3], 'max_bytes', 'bound', 'drop')
+  max_bytes, bound, drop = tonumber(cfg[1]) or 0, tonumber(cfg[2]) or 0, cfg[3]
+  if max_bytes <= 0 then return {0, 0} end
+end
+local trimmed = 0
+local n = redis.call('LLEN', KEYS[1])
+if bound > 0 and n > bound then
+  trimmed = n - bound
+  if drop == '1' then
+    redis.call('LTRIM', KEYS[1], trimmed, -1)
+  else
+    redis.call('LTRIM', KEYS[1], 0, bound - 1)
+  end
+  redis.call('HINCRBY', KEYS[2], 'dropped', trimmed)
+end
+local want = tonumber(ARGV[1])
+local out = {0, trimmed}
+for _ = 1, want + 8 do
+  local item = redis.call('LPOP', KEYS[1])
+  if not item then break end
+  if string.len(item) > max_bytes then
+    out[1] = out[1] + 1
+  else
+    out[#out + 1] = item
+    if #out - 2 >= want then break end
+  end
+end
+return out
 """
 
-_REPUBLISH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'frame', ARGV[2])
+# A reader's fetch. A stored frame's identity is "token/version/length" (its hash fields and
+# the frame's size, all O(1) to read). The frame is sent unless its identity is the one this
+# reader took last (ARGV[2]) or rejected last (ARGV[3]), and, for a reader that has taken
+# none yet, unless its version is <= ARGV[1]. So a reader follows whatever the store holds:
+# a new run's frame (new token) whatever its version, and a lower version the learner wrote
+# back over a forged one. Absurd fields (not a hash, a version or token over 24 bytes) read
+# as no params at all until the learner's upkeep rewrites them.
+# KEYS: params; ARGV: newer_than, taken identity, rejected identity. Returns false, {id} or
+# {id, version, token, frame}.
+_FETCH_LUA = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return false end
+local cur = redis.call('HMGET', KEYS[1], 'version', 'token')
+if not cur[1] or #cur[1] > 24 or (cur[2] and #cur[2] > 24) then return false end
+local token = cur[2] or ''
+local id = token .. '/' .. cur[1] .. '/' .. redis.call('HSTRLEN', KEYS[1], 'frame')
+if id == ARGV[2] or id == ARGV[3] then return {id} end
+if ARGV[2] == '' then
+  local v = tonumber(cur[1])
+  if v and v <= tonumber(ARGV[1]) then return {id} end
+end
+return {id, cur[1], token, redis.call('HGET', KEYS[1], 'frame') or ''}
+"""
+
+# The learner's upkeep check, no frame sent: 1 if P:params holds exactly the learner's frame
+# (its three fields; the frame's length always, its SHA-1 when ARGV[4] is not empty), -1 if
+# the key is missing (a server restart), 0 if another writer changed it.
+# KEYS: params; ARGV: version, token, frame length, frame sha1 or ''.
+_CHECK_LUA = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return -1 end
+if kind ~= 'hash' or redis.call('HLEN', KEYS[1]) ~= 3 then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'version', 'token')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+if redis.call('HSTRLEN', KEYS[1], 'frame') ~= tonumber(ARGV[3]) then return 0 end
+if ARGV[4] ~= '' and redis.sha1hex(redis.call('HGET', KEYS[1], 'frame')) ~= ARGV[4] then
+  return 0
+end
+return 1
+"""
+
+# The learner's write (a publish, or the upkeep's repair): the whole key is replaced, so no
+# field of another writer survives and a key of the wrong type is no obstacle.
+# KEYS: params; ARGV: version, token, frame.
+_WRITE_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'token', ARGV[2], 'frame', ARGV[3])
 return 1
 """
 
@@ -177,20 +276,79 @@ class _Unavailable(Exception):
     """Internal: the server is down (or in its reconnect backoff window)."""
 
 
-def mask_url(url: str) -> str:
-    """`url` with any password replaced by ``***`` (in the netloc and in ``?password=``)."""
-    text = str(url)
+def read_password_file(path: str) -> str:
+    """The first line of `path`: a regular file that only its owner may read or write (mode
+    0600 or 0400), as ssh demands of a private key. Errors are one line and never quote the
+    file's contents.
+
+    Raises:
+      ConfigError: missing, unreadable, not a regular file, open to group or others, empty.
+    """
+    where = f"transport.password_file {path}"
     try:
-        parts = urlsplit(text)
-        netloc = parts.netloc
+        # O_NONBLOCK: opening a FIFO returns at once (and is refused below) instead of hanging.
+        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot open it ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: not a regular file")
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: mode {stat.S_IMODE(mode):04o} lets group or others at it, so it is "
+                f"refused (as ssh refuses such a key); chmod 600 {path}"
+            )
+        data = f.read(1 << 16)
+    try:
+        lines = data.decode().splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"{where}: the first line is empty; put the password there")
+    return lines[0]
+
+
+def resolve_url(url: str, password_file: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """The URL to connect with: `url` itself when it holds a password; else `url` with the
+    password of `password_file` (see `read_password_file`), else of ``REDIS_PASSWORD`` in
+    `environ` (default: this process's), in its user info.
+
+    A password masked as ``***`` counts as none given: ``RUN_DIR/config.yaml`` keeps the URL
+    masked, so a resumed run gets its password back this way. The result holds the secret:
+    pass it to `connect` or an actor's stdin, and never print it (`mask_url`).
+
+    Raises:
+      ConfigError: the password file is refused, or the URL's password is masked and neither
+        the file nor the environment gives one.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        parts = urlsplit(str(url))
+        query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
-        netloc = ""
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        text = text.replace(netloc, f"{userinfo}@{host}", 1)
-    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", text)
+        return url  # `connect` reports it, masked
+    in_query = [v for k, v in query if k.lower() == "password"]
+    given = parts.password if parts.password is not None else next(iter(in_query), None)
+    if given and given != MASK:
+        return url
+    password = read_password_file(password_file) if password_file else environ.get(PASSWORD_ENV)
+    if not password:
+        if given == MASK:
+            raise ConfigError(
+                f"transport.url {mask_url(url)}: the password is masked (RUN_DIR/config.yaml "
+                f"never keeps it); give it in the {PASSWORD_ENV} environment variable or in "
+                f"transport.password_file"
+            )
+        return url
+    if in_query:
+        parts = parts._replace(
+            query=urlencode([(k, v) for k, v in query if k.lower() != "password"])
+        )
+    netloc = parts.netloc
+    user = netloc.rsplit("@", 1)[0].split(":", 1)[0] if "@" in netloc else ""
+    host = netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def _one_line(e: BaseException) -> str:
@@ -207,7 +365,10 @@ def connect(url: str, *, client_name: str | None = None, check: bool = True) -> 
     With `check`, PINGs once and turns every failure into a one-line `RedisTransportError`.
     """
     masked = mask_url(url)
-    scheme = urlsplit(str(url)).scheme if isinstance(url, str) else ""
+    try:
+        scheme = urlsplit(str(url)).scheme if isinstance(url, str) else ""
+    except ValueError:
+        scheme = ""
     if scheme not in ("redis", "rediss", "unix"):
         raise RedisTransportError(
             f"transport.url {masked!r}: scheme {scheme + '://' if scheme else '(none)'} is not "
@@ -232,7 +393,8 @@ def connect(url: str, *, client_name: str | None = None, check: bool = True) -> 
             client.close()
             raise RedisTransportError(
                 f"Redis at {masked} rejected the credentials ({_one_line(e)}); "
-                "check the user and password in transport.url"
+                "check the user and the password (transport.url, transport.password_file "
+                f"or {PASSWORD_ENV})"
             ) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             client.close()
@@ -245,7 +407,8 @@ def connect(url: str, *, client_name: str | None = None, check: bool = True) -> 
             if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
                 raise RedisTransportError(
                     f"Redis at {masked} rejected the credentials ({_one_line(e)}); "
-                    "check the user and password in transport.url"
+                    "check the user and the password (transport.url, transport.password_file "
+                    f"or {PASSWORD_ENV})"
                 ) from None
             raise RedisTransportError(
                 f"the server at {masked} did not answer like Redis ({_one_line(e)}); "
@@ -337,8 +500,13 @@ def _learner_fields(bound: int, drop: bool, max_bytes: int, token: str) -> list:
     return [x for kv in fields.items() for x in kv]
 
 
-def _stop_thread(stop: threading.Event, thread: threading.Thread | None) -> None:
+def _stop_thread(
+    stop: threading.Event, thread: threading.Thread | None, cv: threading.Condition | None = None
+) -> None:
     stop.set()
+    if cv is not None:  # wake a thread waiting on it
+        with cv:
+            cv.notify_all()
     if thread is not None and thread is not threading.current_thread():
         thread.join(timeout=2.0)
 
@@ -377,8 +545,11 @@ class RedisQueue(Closing):
         self.batch = batch
         self._link = _Link(client, where, "learner")
         self._pop = keys.unrolls
+        self._pop_script = client.register_script(_POP_LUA)
+        self._idle = POLL_MIN  # the next pause when the list was empty
         self._buffer: deque[bytes] = deque()
         self._got = self._rejected = 0
+        self._rejected_by: dict[str, int] = {}  # the decode failures' reasons
         self._server_counts = {"put": 0, "dropped": 0}  # last values read from the server
         self._count_base = {"put": 0, "dropped": 0}  # carried over server restarts
         self._qsize = 0
@@ -501,12 +672,12 @@ class RedisQueue(Closing):
         """``got``, ``frames_rejected``, ``unrolls_dropped`` and ``put`` (counted on the
         server, accumulated across server restarts) and ``reconnects``."""
         if not self.owner:
-            return {"got": self._got, "frames_rejected": self._rejected}
+            return {"got": self._got, **rejection_stats(self._rejected, self._rejected_by)}
         if not self._closed:
             self._read_counts()
         return {
             "got": self._got,
-            "frames_rejected": self._rejected,
+            **rejection_stats(self._rejected, self._rejected_by),
             "unrolls_dropped": self._count_base["dropped"] + self._server_counts["dropped"],
             "put": self._count_base["put"] + self._server_counts["put"],
             "reconnects": self._link.reconnects,
@@ -544,32 +715,48 @@ class RedisQueue(Closing):
             if not isinstance(data, bytes):
                 raise FrameError(f"list element of type {type(data).__name__}")
             return codec.decode(data, spec=self.spec)
-        except Exception:  # noqa: BLE001 - a hostile frame must never crash the learner
+        except Exception as e:  # noqa: BLE001 - a hostile frame must never crash the learner
             self._rejected += 1
+            reason = getattr(e, "reason", "malformed")
+            self._rejected_by[reason] = self._rejected_by.get(reason, 0) + 1
             return None
 
     def _fill(self, deadline: float | None) -> None:
-        """One round trip: pop up to `batch` frames, or block (at most until `deadline`)."""
+        """One round trip through the pop script: up to `batch` frames into the buffer, with
+        elements over `max_frame_bytes` dropped and counted on the server (``oversized``).
+        An empty list is polled (1 ms doubling to `POP_POLL_MAX`, at most until `deadline`):
+        BLPOP would hand over any element, whatever its size."""
+        drop = "1" if self.overflow == "drop_oldest" else "0"
+        keys = [self._pop, self._keys.stats, self._keys.learner]
         try:
-            items = self._link.call(self._client.lpop, self._pop, self.batch)
-            if items:
-                self._buffer.extend(items)
-                return
-            remaining = BLOCK_MAX if deadline is None else deadline - time.monotonic()
-            if remaining < 0.002:
-                return
-            got = self._link.call(self._client.blpop, [self._pop], min(remaining, BLOCK_MAX))
-            if got:
-                self._buffer.append(got[1])
+            reply = self._link.call(
+                self._pop_script,
+                keys=keys,
+                args=[self.batch, self.max_frame_bytes, self.bound, drop],
+            )
         except ResponseError as e:
-            # The key holds something that is not a list (a hostile or confused writer):
-            # drop it, count it, carry on.
-            self._rejected += 1
-            _log(f"learner: {self._pop} is not a list ({_one_line(e)}); deleting it")
-            try:
-                self._link.call(self._client.delete, self._pop)
-            except (_Unavailable, ResponseError):
-                pass
+            if "WRONGTYPE" in str(e):
+                # The key holds something that is not a list (a hostile or confused writer):
+                # drop it, count it, carry on.
+                self._rejected += 1
+                _log(f"learner: {self._pop} is not a list ({_one_line(e)}); deleting it")
+                try:
+                    self._link.call(self._client.delete, self._pop)
+                except (_Unavailable, ResponseError):
+                    pass
+            reply = [0, 0]  # any other script error (a busy server): as an empty list
+        oversized, items = int(reply[0]), reply[2:]
+        if oversized:
+            self._rejected += oversized
+            self._rejected_by["oversized"] = self._rejected_by.get("oversized", 0) + oversized
+        if items:
+            self._buffer.extend(items)
+            self._idle = POLL_MIN
+            return
+        pause = self._idle if deadline is None else min(self._idle, deadline - time.monotonic())
+        if pause > 0:
+            time.sleep(pause)
+        self._idle = min(self._idle * 2, POP_POLL_MAX)
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The next validated unroll, or None on timeout, once closed, or while the server is
@@ -648,11 +835,21 @@ def _heartbeat_loop(
 
 
 class RedisParamStore(Closing):
-    """Latest parameters + version in the hash ``P:params`` (fields ``version``, ``frame``).
+    """Latest parameters in the hash ``P:params``: fields ``version``, ``token``, ``frame``.
 
-    The owner (`create`) publishes; readers (`connect`) fetch. `publish` never raises on a
-    lost server: the newest frame is kept and a background thread re-sends it once the
-    server is back (or whenever the key has vanished, e.g. after a restart).
+    The owner (`create`) publishes; readers (`connect`) fetch. Each store the learner creates
+    draws a random run `token` (63 bits, also in every frame's meta), so that readers can
+    tell a new run (a restarted or resumed learner, whose versions start over) from the one
+    they follow.
+
+    One thread of the owner writes the key, so writes land in order: each published frame,
+    and the upkeep: every `HEARTBEAT_INTERVAL` a check that sends no frame (the stored
+    version, token and frame length; every `DIGEST_EVERY`-th check also the frame's SHA-1,
+    computed on the server), and a rewrite only when the stored frame is not the learner's
+    newest: the key vanished (a server restart) or another writer changed it (garbage, a
+    forged version, another token). `publish` waits for its own write, never for a lock held
+    across a round trip, and never raises on a lost server: the upkeep writes the frame once
+    the server is back.
     """
 
     def __init__(self, client: redis.Redis, keys: _Keys, where: str, owner: bool, capacity: int):
@@ -661,21 +858,27 @@ class RedisParamStore(Closing):
         self.where = where
         self.owner = owner
         self.capacity = capacity
+        self.token = secrets.randbits(63) if owner else None
         self._link = _Link(client, where, "learner params" if owner else "actor params")
         self._fetch = client.register_script(_FETCH_LUA)
         self._published = self._fetched = self._rejected = self._publish_failed = 0
-        self._latest: tuple[int, bytes] | None = None
-        self._dirty = False
-        self._lock = threading.Lock()
+        self._rewritten = 0
+        self._said_rewrite = False
+        self._latest: tuple[int, bytes, str] | None = None  # version, frame, its SHA-1
+        self._asked = self._written = 0  # publishes asked for / written (sequence numbers)
+        self._write_ok = False
+        self._cv = threading.Condition()
+        self._taken = b""  # the identity of the frame `fetch` returned last
+        self._refused, self._retry_at = b"", 0.0  # ... and of the one it rejected last
         self._closed = False
         self._stop = threading.Event()
         self._thread = None
         if owner:
             self._thread = threading.Thread(
-                target=self._upkeep, name=f"redis-params-{keys.prefix}", daemon=True
+                target=self._writer, name=f"redis-params-{keys.prefix}", daemon=True
             )
             self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop_thread, self._stop, self._thread)
+        self._finalizer = weakref.finalize(self, _stop_thread, self._stop, self._thread, self._cv)
 
     @classmethod
     def create(cls, url: str, prefix: str = DEFAULT_PREFIX, *, capacity: int) -> RedisParamStore:
@@ -697,82 +900,143 @@ class RedisParamStore(Closing):
 
     @property
     def stats(self) -> dict[str, int]:
+        """``published``, ``publish_failed`` and ``params_rewritten`` (the upkeep's rewrites)
+        for the owner; ``fetched`` and ``frames_rejected`` for a reader; ``reconnects``."""
         return {
             "published": self._published,
             "publish_failed": self._publish_failed,
+            "params_rewritten": self._rewritten,
             "fetched": self._fetched,
             "frames_rejected": self._rejected,
             "reconnects": self._link.reconnects,
         }
 
     def publish(self, version: int, arrays: Mapping[str, Any]) -> None:
-        """Replace the stored parameters with one atomic HSET.
+        """Replace the stored parameters (one atomic script); returns once written or failed.
 
         Raises FrameTooLargeError beyond the capacity (the stored params are unchanged then);
-        if the server is unreachable the frame is kept and sent by the upkeep thread.
+        if the server is unreachable, the upkeep writes the frame once it is back.
         """
         if self._closed or not self.owner:
             raise ValueError("publish needs the learner's open RedisParamStore")
-        frame = codec.encode(arrays, {"version": int(version)})
+        frame = codec.encode(arrays, {"version": int(version), "token": self.token})
         if len(frame) > self.capacity:
             raise FrameTooLargeError(
                 f"encoded params need {len(frame)} bytes but the store holds {self.capacity}"
             )
-        with self._lock:
-            self._latest = (int(version), frame)
-            try:
-                self._link.call(
-                    self._client.hset,
-                    self._keys.params,
-                    mapping={"version": int(version), "frame": frame},
+        latest = (int(version), frame, hashlib.sha1(frame, usedforsecurity=False).hexdigest())
+        with self._cv:
+            self._latest = latest
+            self._asked += 1
+            asked = self._asked
+            self._cv.notify_all()
+            self._cv.wait_for(
+                lambda: self._written >= asked or self._stop.is_set(),
+                timeout=CONNECT_TIMEOUT + SOCKET_TIMEOUT,
+            )
+            ok = self._written >= asked and self._write_ok
+        if ok:
+            self._published += 1
+        else:
+            self._publish_failed += 1
+
+    def _writer(self) -> None:
+        """The one writer of ``P:params``: each published frame, then the upkeep."""
+        check = self._client.register_script(_CHECK_LUA)
+        write = self._client.register_script(_WRITE_LUA)
+        next_check, checks = time.monotonic() + HEARTBEAT_INTERVAL, 0
+        while True:
+            with self._cv:
+                self._cv.wait_for(
+                    lambda: self._stop.is_set() or self._asked > self._written,
+                    timeout=max(0.0, next_check - time.monotonic()),
                 )
-                self._dirty = False
-                self._published += 1
-            except (_Unavailable, ResponseError):
-                self._dirty = True
-                self._publish_failed += 1
+                if self._stop.is_set():
+                    return
+                latest, asked = self._latest, self._asked
+            if asked > self._written:
+                ok = self._write(write, latest)
+                with self._cv:
+                    self._written, self._write_ok = asked, ok
+                    self._cv.notify_all()
+            elif time.monotonic() >= next_check:
+                if latest is not None:
+                    checks += 1
+                    self._upkeep(check, write, latest, deep=checks % DIGEST_EVERY == 0)
+                next_check = time.monotonic() + HEARTBEAT_INTERVAL
 
-    def _upkeep(self) -> None:
-        link = _Link(self._client, self.where, "learner params upkeep", quiet=True)
-        republish = self._client.register_script(_REPUBLISH_LUA)
-        while not self._stop.wait(HEARTBEAT_INTERVAL):
-            with self._lock:
-                if self._latest is None:
-                    continue
-                version, frame = self._latest
-                try:
-                    if self._dirty:
-                        link.call(
-                            self._client.hset,
-                            self._keys.params,
-                            mapping={"version": version, "frame": frame},
-                        )
-                        self._dirty = False
-                        self._published += 1
-                    else:
-                        link.call(republish, keys=[self._keys.params], args=[version, frame])
-                except (_Unavailable, RedisError):
-                    pass
+    def _write(self, write, latest: tuple[int, bytes, str]) -> bool:
+        version, frame, _ = latest
+        try:
+            self._link.call(write, keys=[self._keys.params], args=[version, self.token, frame])
+        except (_Unavailable, RedisError):
+            return False
+        return True
 
-    def fetch(self, newer_than: int = -1) -> tuple[int, dict[str, np.ndarray]] | None:
-        """``(version, arrays)`` if the stored version is > `newer_than`, else None (also
-        while the server is unreachable). One round trip; the frame is sent only if newer."""
+    def _upkeep(self, check, write, latest: tuple[int, bytes, str], deep: bool) -> None:
+        """Rewrite the newest frame unless the server still holds exactly it."""
+        version, frame, digest = latest
+        args = [version, self.token, len(frame), digest if deep else ""]
+        try:
+            state = self._link.call(check, keys=[self._keys.params], args=args)
+        except (_Unavailable, RedisError):
+            return
+        if state == 1:
+            return
+        if state == 0 and not self._said_rewrite:
+            self._said_rewrite = True
+            _log(
+                f"learner: another writer changed {self._keys.params} at {self.where}; "
+                f"writing version {version} back (said once, counted in params_rewritten)"
+            )
+        if self._write(write, latest):
+            self._rewritten += 1
+
+    def fetch(
+        self, newer_than: int = -1, *, spec: FrameSpec | None = None
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """``(version, arrays)`` when the stored frame is news to this reader, else None (also
+        while the server is unreachable). One round trip; the frame is sent only if news.
+
+        News is, on a reader's first fetch, a version > `newer_than`; after that, any frame
+        other than the last one this reader took (same token, version and length): a new
+        run's, whose token differs and whose versions start over, or a version the learner
+        wrote back over a forged one, lower than the forger's. So the caller takes the
+        version it gets, lower or not, and a restarted learner or a forged version cannot
+        strand it on stale params.
+
+        Raises:
+          FrameError: the frame fails validation: the codec's, `spec`'s (fields, dtypes,
+            shapes, finite values) and the store's (the frame's meta version and token equal
+            the hash fields). It is counted in ``stats["frames_rejected"]`` and is not
+            fetched again for `RETRY_REJECTED` seconds, unless the stored frame changes.
+        """
         if self._closed:
             return None
+        refused = self._refused if time.monotonic() < self._retry_at else b""
         try:
-            reply = self._link.call(self._fetch, keys=[self._keys.params], args=[int(newer_than)])
+            reply = self._link.call(
+                self._fetch, keys=[self._keys.params], args=[int(newer_than), self._taken, refused]
+            )
         except (_Unavailable, ResponseError):
             return None
-        if not reply or len(reply) < 2:
+        if not reply or len(reply) < 4:
             return None
+        identity, raw_version, raw_token, data = reply
         try:
-            version = int(reply[0])
-            frame = codec.decode(reply[1])
-            if frame.meta.get("version") != version:
-                raise FrameError("param frame version disagrees with the store's version field")
-        except Exception:  # noqa: BLE001 - a corrupt store is counted, never raised
+            version, token = int(raw_version), int(raw_token)
+            frame = codec.decode(data, spec=spec)
+            if frame.meta.get("version") != version or frame.meta.get("token") != token:
+                raise FrameError("its meta version or token differs from the store's fields")
+        except Exception as e:  # noqa: BLE001 - a corrupt store is counted and reported
             self._rejected += 1
-            return None
+            self._refused, self._retry_at = identity, time.monotonic() + RETRY_REJECTED
+            name = identity.decode(errors="replace")
+            raise FrameError(
+                f"params {name} (token/version/bytes) rejected: {_one_line(e)}",
+                getattr(e, "reason", "malformed"),
+            ) from None
+        self._taken = identity
         self._fetched += 1
         return version, frame.arrays
 

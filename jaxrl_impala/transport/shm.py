@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from jaxrl_impala.transport.base import Closing
+from jaxrl_impala.transport.base import Closing, rejection_stats
 from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, decode, encode_into
 
 __all__ = [
@@ -313,6 +313,7 @@ class ShmQueue(_Segment):
         self._next = 0  # round-robin cursor
         self._pending: tuple[int, int, Frame] | None = None  # (producer, new tail, frame)
         self._got = self._rejected = self._dropped = self._put_seen = 0
+        self._rejected_by: dict[str, int] = {}  # the decode failures' reasons
         self._closed = False
         stop = threading.Event()
         thread = threading.Thread(
@@ -392,8 +393,8 @@ class ShmQueue(_Segment):
         return {
             "put": put,
             "got": self._got,
-            "frames_rejected": self._rejected,
             "unrolls_dropped": self._dropped,
+            **rejection_stats(self._rejected, self._rejected_by),
         }
 
     def qsize(self) -> int:
@@ -482,18 +483,20 @@ class ShmQueue(_Segment):
                 self._advance(p, tail)
                 continue
             start = layout.frame_offset(p, slot)
+            reason = "malformed"
             try:
                 frame = decode(
                     self._shm.buf[start : start + length], spec=self.spec, copy=self._drop
                 )
-            except FrameError:
-                frame = None
+            except FrameError as e:
+                frame, reason = None, e.reason
             if self._drop and int(ring[slot, 0]) != seq:
                 # Overwritten while we copied: whatever we read may be torn.
                 self._dropped += 1
                 frame = None
             elif frame is None:
                 self._rejected += 1
+                self._rejected_by[reason] = self._rejected_by.get(reason, 0) + 1
             tail += 1
             if frame is None or self._drop:
                 self._advance(p, tail)
@@ -674,6 +677,7 @@ class ShmParamStore(_Segment):
         self.max_retries = max_retries
         self._hdr = _i64(shm.buf, 0, _HEADER_BYTES // 8)
         self._published = self._fetched = self._rejected = self._torn = 0
+        self._refused = -1  # the seqlock count of the write `fetch` rejected last
         self._closed = False
         self._finalizer = weakref.finalize(
             self, _finalize_segment, shm, owner, _P_CLOSED * 8, None, None
@@ -741,11 +745,17 @@ class ShmParamStore(_Segment):
         hdr[_P_SEQ] = seq + 2  # even: consistent
         self._published += 1
 
-    def fetch(self, newer_than: int = -1) -> tuple[int, dict[str, np.ndarray]] | None:
+    def fetch(
+        self, newer_than: int = -1, *, spec: FrameSpec | None = None
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
         """``(version, arrays)`` if the stored version > `newer_than`, else None.
 
         Never waits for the writer beyond `max_retries` short back-offs; returns None then.
         The arrays are read-only views into a private copy.
+
+        Raises:
+          FrameError: the frame fails the codec's or `spec`'s checks (counted in
+            ``stats["frames_rejected"]``); that write is not reported again.
         """
         if self._closed:
             return None
@@ -759,6 +769,8 @@ class ShmParamStore(_Segment):
             seq = int(hdr[_P_SEQ])
             if seq & 1:
                 continue
+            if seq == self._refused:  # the write we rejected last: still there
+                return None
             version, length = int(hdr[_P_VERSION]), int(hdr[_P_LENGTH])
             if version <= newer_than:
                 if int(hdr[_P_SEQ]) == seq:
@@ -773,12 +785,13 @@ class ShmParamStore(_Segment):
             if int(hdr[_P_SEQ]) != seq:
                 continue  # torn: the writer moved on while we copied
             try:
-                frame = decode(data)
+                frame = decode(data, spec=spec)
                 if frame.meta.get("version") != version:
                     raise FrameError("param frame version disagrees with the store header")
             except FrameError:
                 self._rejected += 1
-                return None
+                self._refused = seq
+                raise
             self._fetched += 1
             return version, frame.arrays
         return None
@@ -821,30 +834,40 @@ def install_cleanup_signal_handlers(
     """Make SIGTERM / SIGINT call ``close()`` on each of `closables`, then behave as before.
 
     After closing, the previously installed handler runs (so SIGINT still raises
-    KeyboardInterrupt); a default disposition is re-raised so the exit status says which
-    signal ended the process. Call from the main thread. Returns a function restoring the
-    previous handlers.
+    KeyboardInterrupt); a default disposition (or one set outside Python) is re-raised so the
+    exit status says which signal ended the process. A signal this process ignores stays
+    ignored: SIGINT is ignored in a job that a non-interactive shell starts in the background
+    (``pytest &`` in a script), and a handler that closed the transport and then, as before,
+    ignored the signal would leave the owner running with its segments gone (the Ctrl-C
+    "hang" of issue 18; POSIX shells keep such signals ignored for the same reason). A second
+    signal while the first one's cleanup runs skips the cleanup and acts at once, so a cleanup
+    that blocks cannot swallow it. Call from the main thread. Returns a function restoring
+    the previous handlers.
     """
     previous = {}
+    cleaning = []  # non-empty once a signal has started the cleanup
 
     def handler(signum, frame):
-        for obj in closables:
-            try:
-                obj.close()
-            except Exception:  # keep closing the others
-                pass
+        if not cleaning:
+            cleaning.append(signum)
+            for obj in closables:
+                try:
+                    obj.close()
+                except Exception:  # keep closing the others
+                    pass
         prev = previous.get(signum, signal.SIG_DFL)
         if callable(prev):
             prev(signum, frame)
-        elif prev == signal.SIG_DFL:
+        else:  # SIG_DFL, or None: a handler installed outside Python, which cannot be called
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
     for sig in signals:
-        previous[sig] = signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
 
     def restore() -> None:
         for sig, prev in previous.items():
-            signal.signal(sig, prev)
+            signal.signal(sig, signal.SIG_DFL if prev is None else prev)
 
     return restore

@@ -7,6 +7,7 @@ import pytest
 
 from jaxrl_impala.actor.rollout import Rollout, restart_seed
 from jaxrl_impala.config import load_config
+from jaxrl_impala.transport.codec import FrameError
 from jaxrl_impala.unroll import params_to_frame
 
 
@@ -122,3 +123,31 @@ def test_warm_up_compiles_what_the_unrolls_call_and_changes_nothing(fused):
     assert _cache_sizes(warm) == compiled, "an unroll compiled again after the warm-up"
     warm.env.close()
     cold.env.close()
+
+
+def test_set_params_refuses_frames_that_do_not_fit_the_templates_and_keeps_its_own():
+    config = load_config("configs/debug.yaml")
+    rollout = Rollout(config, actor_id=0)
+    zeros = jax.tree.map(
+        lambda t: np.zeros(t.shape, t.dtype), (rollout.params_template, rollout.stats_template)
+    )
+    good = params_to_frame(*zeros)
+    rollout.set_params(good)
+    before = rollout.params
+    first = sorted(n for n in good if n.startswith("p"))[0]
+    bad = {
+        "spec": [
+            {**good, first: np.zeros((*good[first].shape, 2), np.float32)},  # a wrong shape
+            {**good, first: good[first].astype(np.float64)},  # a wrong dtype
+            {k: v for k, v in good.items() if k != first},  # a field missing
+            {**good, "p9999": np.zeros(3, np.float32)},  # a field too many
+        ],
+        "values": [{**good, first: np.full_like(good[first], np.nan)}],  # NaN
+    }
+    for reason, frames in bad.items():
+        for arrays in frames:
+            with pytest.raises(FrameError) as info:
+                rollout.set_params(arrays)
+            assert info.value.reason == reason
+    assert rollout.params is before  # still acting with the params it had
+    rollout.env.close()

@@ -90,6 +90,51 @@ def test_gaussian_squash_density_integrates_to_one_and_matches_change_of_variabl
     np.testing.assert_allclose(d.log_prob(jnp.array([a0])), expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "mean, log_std",
+    [
+        ((0.0, 0.5), (-1.0, -0.5)),  # narrow: nearly the Gaussian's entropy, shifted
+        ((2.0, -1.5), (0.5, 0.0)),  # pushed against a bound
+        ((0.0, 0.0), (1.5, 2.0)),  # wide: most mass near the bounds
+        ((-3.0, 4.0), (-2.0, 1.0)),
+    ],
+)
+def test_squashed_entropy_matches_a_monte_carlo_reference(mean, log_std):
+    low, high = (-1.0, 0.0), (1.0, 2.0)
+    d = DiagGaussian(jnp.array(mean), jnp.array(log_std), low, high, squash=True)
+    want, stderr = ref.squashed_gaussian_entropy_mc(mean, log_std, low, high)
+    assert abs(float(d.entropy()) - want) < 4 * stderr + 1e-3, (float(d.entropy()), want)
+
+
+def test_squashed_entropy_has_a_maximum_where_the_gaussian_entropy_has_none():
+    """The bounded action's entropy is at most the uniform's, log(high - low) per dim, so
+    an entropy bonus cannot push the actions to the bounds; the Gaussian's grows without
+    end as log_std does."""
+    low, high = (-1.0, 0.0), (1.0, 2.0)
+    ceiling = np.log(2.0) + np.log(2.0)
+    grid = jnp.linspace(-6.0, 6.0, 25)
+    mean, log_std = (x.ravel() for x in jnp.meshgrid(grid, grid / 2))
+    both = jnp.stack([mean, log_std], -1)  # [625, 2]: the same (mean, log_std) in each dim
+    squashed = DiagGaussian(both[:, :1].repeat(2, 1), both[:, 1:].repeat(2, 1), low, high, True)
+    ent = np.asarray(squashed.entropy())
+    assert np.isfinite(ent).all() and ent.max() <= ceiling + 1e-4
+
+    def entropy(m, s, squash):
+        d = DiagGaussian(jnp.full(2, m), jnp.full(2, s), low, high, squash)
+        return d.entropy()
+
+    d_log_std = jax.jit(jax.grad(entropy, argnums=1), static_argnums=2)
+    assert d_log_std(0.0, -2.0, True) > 0 and d_log_std(0.0, 2.0, True) < 0  # a maximum
+    assert d_log_std(0.0, 2.0, False) > 0  # the Gaussian's: none
+    assert jax.grad(entropy)(1.5, 0.0, True) < 0  # and away from the bounds
+    # finite, with finite gradients, however far out the network's outputs go
+    for mean, log_std in ((-50.0, -30.0), (0.0, 0.0), (50.0, 30.0), (0.3, np.log(0.7))):
+        d = DiagGaussian(jnp.full(2, mean), jnp.full(2, log_std), low, high, True)
+        grads = jax.grad(lambda d: d.entropy())(d)
+        assert np.isfinite(float(d.entropy()))
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
 def test_gaussian_squash_samples_in_bounds_and_log_prob_finite():
     d = DiagGaussian(
         jnp.zeros((1000, 2)), jnp.full((1000, 2), 1.5), (-1.0, 0.0), (1.0, 2.0), squash=True

@@ -79,8 +79,9 @@ def always() -> bool:
 
 def test_take_unrolls_copies_each_frame_and_drops_the_stale_ones():
     items = [unroll(0, version=5), unroll(1, version=1), unroll(2, version=4), unroll(3, version=5)]
-    taken, dropped = take_unrolls(FakeQueue(items), 3, lambda: 5, 2, always)
+    taken, dropped, rejected = take_unrolls(FakeQueue(items), 3, lambda: 5, 2, always)
     assert dropped == 1  # version 1 is 4 behind 5, more than the 2 allowed
+    assert rejected == {"meta": 0, "future_version": 0}
     assert [t.policy_version for t in taken] == [5, 4, 5]
     # The queue reused its buffer for every frame: each kept unroll must still be its own.
     for t, (arrays, _) in zip(taken, [items[0], items[2], items[3]], strict=True):
@@ -88,8 +89,58 @@ def test_take_unrolls_copies_each_frame_and_drops_the_stale_ones():
             np.testing.assert_array_equal(t.arrays[name], v)
 
     # max_policy_lag 0 keeps everything
-    taken, dropped = take_unrolls(FakeQueue(items), 4, lambda: 100, 0, always)
+    taken, dropped, _ = take_unrolls(FakeQueue(items), 4, lambda: 100, 0, always)
     assert dropped == 0 and len(taken) == 4
+
+
+def test_frames_from_the_future_or_without_their_meta_are_rejected_and_counted():
+    """A version newer than the learner's (a dead run's actors, a forged number) would make
+    the lag negative; missing or non-int meta (a queue without a spec) would raise. Each is
+    rejected, counted by reason, and the batch fills up from the honest frames."""
+    arrays, good_meta = unroll(0, version=5)
+    bad_metas = [
+        ({**good_meta, "policy_version": 6}, "future_version"),
+        ({**good_meta, "policy_version": 2**62}, "future_version"),
+        ({k: v for k, v in good_meta.items() if k != "policy_version"}, "meta"),
+        ({}, "meta"),
+        ({**good_meta, "actor_id": "0"}, "meta"),
+        ({**good_meta, "unroll_index": 1.5}, "meta"),
+        ({**good_meta, "policy_version": True}, "meta"),
+    ]
+    items = [(arrays, meta) for meta, _ in bad_metas]
+    items += [unroll(1, version=5), unroll(2, version=0)]
+    taken, dropped, rejected = take_unrolls(FakeQueue(items), 2, lambda: 5, 0, always)
+    assert [t.policy_version for t in taken] == [5, 0] and dropped == 0
+    assert rejected == {"future_version": 2, "meta": 5}
+
+    batches = InlineBatches(FakeQueue(items * 2), 2, 0, lambda b: b, TERMS)
+    assert batches.next(5, always) is not None and batches.next(5, always) is not None
+    assert batches.rejected == {"future_version": 4, "meta": 10}
+    prefetch = Prefetcher(InlineBatches(FakeQueue(items), 2, 0, lambda b: b, TERMS))
+    try:
+        assert prefetch.next(5, always) is not None
+        assert prefetch.rejected == {"future_version": 2, "meta": 5}
+    finally:
+        prefetch.close()
+
+
+def test_a_batch_gathered_ahead_takes_versions_made_since_it_was_asked_for():
+    """The Prefetcher gathers update v+2's batch while update v+1 runs: once v+1's params are
+    out (published early, e.g. by a checkpoint), honest unrolls carry v+1 though the batch
+    was asked for at v. Judged against the learner's newest version they are kept; judged
+    against the version asked for, every one was rejected and the run hung."""
+    items = [unroll(0, version=6), unroll(1, version=6)]
+    taken, _, rejected = take_unrolls(FakeQueue(items), 2, lambda: 5, 0, always, lambda: 6)
+    assert [t.policy_version for t in taken] == [6, 6]
+    assert rejected["future_version"] == 0
+    newest = [6]
+    prefetch = Prefetcher(
+        InlineBatches(FakeQueue(items), 2, 0, lambda b: b, TERMS, newest=lambda: newest[0])
+    )
+    try:
+        assert prefetch.next(5, always).policy_versions == [6, 6]
+    finally:
+        prefetch.close()
 
 
 def test_take_unrolls_returns_short_once_told_to_stop():
@@ -99,13 +150,13 @@ def test_take_unrolls_returns_short_once_told_to_stop():
         calls.append(1)
         return len(calls) <= 2
 
-    taken, _ = take_unrolls(FakeQueue([unroll(0)]), 3, lambda: 0, 0, twice)
+    taken, _, _ = take_unrolls(FakeQueue([unroll(0)]), 3, lambda: 0, 0, twice)
     assert len(taken) == 1 and len(calls) == 3
 
 
 def test_stage_concatenates_along_envs_and_collects_the_finished_episodes():
     items = [unroll(7), unroll(8)]
-    taken, _ = take_unrolls(FakeQueue(items), 2, lambda: 0, 0, always)
+    taken, _, _ = take_unrolls(FakeQueue(items), 2, lambda: 0, 0, always)
     staged = stage(taken, lambda batch: batch, TERMS)
     a, b = items[0][0], items[1][0]
     for name in ("obs", "actions", "rewards", "terminated", "behaviour_dist"):

@@ -1,12 +1,15 @@
-"""The compiled update: truncation bootstrapping, and that each algo learns a bandit."""
+"""The compiled update: truncation bootstrapping and V-trace targets against the numpy
+reference, the non-finite guard, and that each algo learns a bandit."""
 
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from compiles import backend_compiles
 
+from jaxrl_impala import vtrace
 from jaxrl_impala.algorithms import prepare_rewards
 from jaxrl_impala.config import load_config
 from jaxrl_impala.learner import (
@@ -35,6 +38,138 @@ def test_prepare_folds_truncation_bootstrap_and_cuts_traces():
     # terminated wins over truncated: no bootstrap; truncated: r*2 + 0.9 * V(final obs)
     np.testing.assert_allclose(rewards, [[2.0, 2.0 + 9.0], [2.0 + 18.0, 2.0]], rtol=1e-6)
     np.testing.assert_allclose(discounts, 0.0)  # every step here ends an episode
+
+
+def test_prepare_reads_the_truncation_value_only_where_an_episode_was_truncated():
+    """NaN * 0 is NaN: a truncation value that is NaN (or inf) where it is not read must not
+    reach the rewards."""
+    lc = load_config(None, ["learner.gamma=0.5"]).learner
+    batch = {
+        "rewards": jnp.ones((2, 3)),
+        "terminated": jnp.array([[False, True, True], [False, False, False]]),
+        "truncated": jnp.array([[False, False, True], [True, False, False]]),
+        "truncation_value": jnp.array([[jnp.nan, jnp.inf, jnp.nan], [4.0, -jnp.inf, jnp.nan]]),
+    }
+    rewards, discounts = prepare_rewards(batch, lc)
+    np.testing.assert_allclose(rewards, [[1.0, 1.0, 1.0], [1.0 + 0.5 * 4.0, 1.0, 1.0]])
+    np.testing.assert_allclose(discounts, [[0.5, 0.0, 0.0], [0.0, 0.5, 0.5]])
+
+
+def episode_data(rng, length: int, width: int):
+    """Raw unroll fields with every kind of step: episode ends (terminated), time limits
+    (truncated, with the final observation's value), both flags at once, and NaN truncation
+    values wherever none may be read."""
+    u = rng.random((length, width))
+    terminated = u < 0.2
+    truncated = (u > 0.8) | (u < 0.07)  # u < 0.07: both flags
+    assert (terminated & truncated).any() and (truncated & ~terminated).any()
+    assert terminated.any() and (~terminated & ~truncated).sum() > length * width // 2
+    tv = np.where(truncated, rng.normal(0.0, 3.0, (length, width)), np.nan)
+    return {
+        "rewards": rng.normal(size=(length, width)).astype(np.float32),
+        "terminated": terminated,
+        "truncated": truncated,
+        "truncation_value": tv.astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides, thresholds",
+    [
+        ([], (1.0, 1.0, 1.0, 0.95)),
+        (
+            ["learner.lambda_=0.8", "learner.clip_rho_threshold=1.5",
+             "learner.clip_c_threshold=0.9", "learner.clip_pg_rho_threshold=null"],
+            (1.5, 0.9, None, 0.8),
+        ),
+    ],
+)  # fmt: skip
+def test_the_learners_vtrace_targets_match_the_reference_at_ends_and_truncations(
+    overrides, thresholds
+):
+    """The learner's data path (`prepare_rewards`, then `vtrace` with the config's
+    thresholds) against a reference that reads the raw terminated / truncated flags."""
+    lc = load_config(None, ["learner.gamma=0.9", "learner.reward_scale=2.0", *overrides]).learner
+    rng = np.random.default_rng(1)
+    length, width = 9, 16
+    data = episode_data(rng, length, width)
+    log_rhos = rng.normal(0.0, 1.0, (length, width)).astype(np.float32)  # both sides of 1
+    values = rng.normal(size=(length, width)).astype(np.float32)
+    bootstrap = rng.normal(size=width).astype(np.float32)
+
+    rewards, discounts = prepare_rewards(jax.tree.map(jnp.asarray, data), lc)
+    got = vtrace(
+        log_rhos,
+        discounts,
+        rewards,
+        values,
+        bootstrap,
+        clip_rho_threshold=lc.clip_rho_threshold,
+        clip_c_threshold=lc.clip_c_threshold,
+        clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
+        lambda_=lc.lambda_,
+    )
+    rho_bar, c_bar, pg_rho_bar, lambda_ = thresholds
+    vs, pg = ref.vtrace_episodes(
+        log_rhos, 2.0 * data["rewards"], data["terminated"], data["truncated"],
+        data["truncation_value"], values, bootstrap, 0.9,
+        clip_rho_threshold=rho_bar, clip_c_threshold=c_bar,
+        clip_pg_rho_threshold=pg_rho_bar, lambda_=lambda_,
+    )  # fmt: skip
+    np.testing.assert_allclose(got.vs, vs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.pg_advantages, pg, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["impala", "appo"])
+def test_one_update_trains_on_the_reference_vtrace_targets(algo):
+    """One compiled update (one minibatch, one epoch: its losses are those of the params it
+    starts from) on 7-step data with episode ends and truncations: its value and policy
+    losses equal those computed from the numpy reference's targets."""
+    length = 7
+    policy, state, update, put_batch = bandit_learner(
+        [f"learner.algo={algo}", f"rollout.length={length}", "learner.obs_norm=false",
+         "learner.gamma=0.9", "learner.reward_scale=2.0", "learner.lambda_=0.9",
+         "learner.clip_rho_threshold=1.5", "learner.epochs=1", "learner.minibatches=1"]
+    )  # fmt: skip
+    rng = np.random.default_rng(2)
+    # Params away from the init, so the values are O(1) and the bootstraps matter.
+    params = jax.tree.map(
+        lambda x: x + rng.normal(0.0, 0.5, x.shape).astype(x.dtype), jax.device_get(state.params)
+    )
+    state = state.replace(params=jax.device_put(params))
+    obs = rng.uniform(-1, 1, (length + 1, N, 3)).astype(np.float32)
+    actions = rng.integers(0, 2, (length, N)).astype(np.int32)
+    dist, values, _ = policy.apply(params, None, obs)
+    logp = np.asarray(jax.tree.map(lambda x: x[:-1], dist).log_prob(actions), np.float64)
+    values = np.asarray(values, np.float64)
+    behaviour_logp = (logp - rng.normal(0.0, 0.8, logp.shape)).astype(np.float32)
+    data = episode_data(rng, length, N)
+    batch = {
+        "obs": obs,
+        "actions": actions,
+        "behaviour_logp": behaviour_logp,
+        "behaviour_dist": rng.normal(size=(length, N, 2)).astype(np.float32),
+        **data,
+    }
+    state, metrics = update(state, put_batch(batch), jax.random.PRNGKey(0))
+    assert float(metrics["nonfinite"]) == 0.0
+
+    log_rhos = logp - behaviour_logp
+    vs, pg = ref.vtrace_episodes(
+        log_rhos, 2.0 * data["rewards"], data["terminated"], data["truncated"],
+        data["truncation_value"], values[:-1], values[-1], 0.9,
+        clip_rho_threshold=1.5, lambda_=0.9,
+    )  # fmt: skip
+    assert float(metrics["value_loss"]) == pytest.approx(
+        0.5 * np.mean((values[:-1] - vs) ** 2), rel=1e-4
+    )
+    if algo == "impala":
+        want = -np.mean(pg * logp)
+    else:  # the clipped surrogate on standardised advantages
+        adv = (pg - pg.mean()) / (pg.std() + 1e-8)
+        ratio = np.exp(log_rhos)
+        want = -np.mean(np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv))
+    assert float(metrics["policy_loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
 def bandit_batch(rng, policy, state):
@@ -120,6 +255,23 @@ def test_a_nonfinite_update_leaves_the_state_as_it_was():
             strict=True,
         ):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_huge_importance_ratio_does_not_discard_a_finite_update():
+    """log rho of about 200 overflows exp in float32. The loss clips rho and stays finite,
+    so the update is kept, and the diagnostics report rho capped, not inf."""
+    policy, state, update, put_batch = bandit_learner(["learner.algo=impala"])
+    rng = np.random.default_rng(0)
+    batch = bandit_batch(rng, policy, state)
+    batch["behaviour_logp"] = batch["behaviour_logp"].copy()
+    batch["behaviour_logp"][1, 3] = -200.0
+    before = jax.tree.leaves(jax.device_get(state.params))
+    state, m = update(state, put_batch(batch), jax.random.PRNGKey(0))
+    assert float(m["nonfinite"]) == 0.0 and np.isfinite(float(m["loss"]))
+    assert float(m["rho_max"]) == pytest.approx(np.exp(30.0), rel=1e-5)
+    assert np.isfinite(float(m["rho_mean"]))
+    after = jax.tree.leaves(jax.device_get(state.params))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_the_update_compiled_from_the_state_shapes_serves_the_real_state():

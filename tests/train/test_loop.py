@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from inprocess import STEPS_PER_UPDATE, run_in_process
 
+from jaxrl_impala import unroll
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
 from jaxrl_impala.train import loop as loop_module
+from jaxrl_impala.transport import encode
 
 
 def poison(update, bad_updates):
@@ -46,6 +48,45 @@ def test_the_loop_trains_evaluates_and_checkpoints_in_process(tmp_path):
     assert all(0 <= r["wall_time_s"] < 600 for r in records)
     meta, _ = Checkpointer.verify(Checkpointer(tmp_path).list()[-1])
     assert meta["env_steps"] == 1024 and meta["version"] == 16
+
+
+def hostile_frames(s):
+    """Frames a writer to the queue could push (one per line): each is rejected, counted
+    under its reason, and the run trains on."""
+    fields = unroll.to_frame(s.example_unroll())
+    meta = {"policy_version": 0, "actor_id": 0, "unroll_index": 0}
+    nan_rewards = {**fields, "rewards": np.full_like(fields["rewards"], np.nan)}
+    byte_two = np.zeros(fields["terminated"].shape, np.uint8)
+    byte_two[2, 1] = 2  # a "bool" that makes 1 - (terminated | truncated) negative
+    bool_two = {**fields, "terminated": byte_two.view(np.bool_)}
+    return [
+        b"not a frame",  # malformed
+        encode({"x": np.zeros(3, np.float32)}, meta),  # spec
+        encode(fields, {}),  # meta: none at all (the KeyError that ended runs)
+        encode(fields, {**meta, "actor_id": -1}),  # meta: out of range
+        encode(nan_rewards, meta),  # values
+        encode(bool_two, meta),  # values
+        encode(fields, {**meta, "policy_version": 10**12}),  # future_version (the batcher)
+    ]
+
+
+def test_hostile_frames_are_rejected_counted_by_reason_and_the_run_trains_on(tmp_path):
+    code, records, loop = run_in_process(
+        tmp_path,
+        [f"train.total_env_steps={4 * STEPS_PER_UPDATE}", "eval.every_env_steps=0"],
+        preload=hostile_frames,
+    )
+    assert code == 0 and int(loop.run.state.step) == 4
+    want = {"malformed": 1, "spec": 1, "meta": 2, "values": 2, "future_version": 1}
+    final = records[-1]
+    assert final["final"] and final["frames_rejected"] == sum(want.values())
+    assert {r: final[f"frames_rejected_{r}"] for r in want} == want
+    train = [r for r in records if "loss" in r]
+    assert len(train) == 4 and train[0]["frames_rejected_values"] == 2
+    assert all(r["updates"] > 0 and math.isfinite(r["loss"]) for r in train)
+    # the checkpoint keeps them, so a resumed run goes on counting
+    meta, _ = Checkpointer.verify(Checkpointer(tmp_path).list()[-1])
+    assert {r: meta[f"frames_rejected_{r}"] for r in want} == want
 
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path):

@@ -204,6 +204,9 @@ _GOOD = {"fields": [_field()], "meta": {}}
         ({"fields": [{**_field(), "shape": "2"}], "meta": {}}, 8, "shape"),
         ({"fields": [_field(shape=(1,) * 9)], "meta": {}}, 8, "shape"),
         ({"fields": [_field(shape=(2**40, 2**40, 2**40))], "meta": {}}, 8, "outside"),
+        # zero bytes, but numpy cannot index it: a FrameError, not numpy's ValueError
+        ({"fields": [_field(shape=(2**40, 2**40, 0))], "meta": {}}, 8, "spans"),
+        ({"fields": [_field(dtype="float64", shape=(0, 2**20, 2**18))], "meta": {}}, 8, "spans"),
         ({"fields": [{**_field(), "shape": [2**50]}], "meta": {}}, 8, "shape"),
         (
             {"fields": [{**_field(), "shape": [2**39, 2**39], "nbytes": 8}], "meta": {}},
@@ -244,18 +247,162 @@ def test_spec_accepts_the_exact_layout_and_rejects_any_difference():
     arrays = _example()
     spec = FrameSpec.from_arrays(arrays)
     decode(encode(arrays), spec=spec)
+    # Each case must fail for its own reason, named in the message.
     cases = {
-        "missing": {k: v for k, v in arrays.items() if k != "obs"},
-        "extra": {**arrays, "bonus": np.zeros(1)},
-        "renamed": {("observation" if k == "obs" else k): v for k, v in arrays.items()},
-        "dtype": {**arrays, "obs": arrays["obs"].astype(np.float64)},
-        "shape": {**arrays, "obs": arrays["obs"][:, :2]},
-        "rank": {**arrays, "scalar": np.array([7], np.int32)},
+        r"missing \['obs'\], extra \[\]": {k: v for k, v in arrays.items() if k != "obs"},
+        r"missing \[\], extra \['bonus'\]": {**arrays, "bonus": np.zeros(1)},
+        r"missing \['obs'\], extra \['observation'\]": {
+            ("observation" if k == "obs" else k): v for k, v in arrays.items()
+        },
+        r"'obs': dtype float64, spec wants float32": {
+            **arrays,
+            "obs": arrays["obs"].astype(np.float64),
+        },
+        r"'obs': shape \[5, 2, 7\], spec wants \[5, 3, 7\]": {
+            **arrays,
+            "obs": arrays["obs"][:, :2],
+        },
+        r"'scalar': shape \[1\], spec wants \[\]": {**arrays, "scalar": np.array([7], np.int32)},
     }
-    for what, bad in cases.items():
-        with pytest.raises(FrameError, match="spec"):
+    for message, bad in cases.items():
+        with pytest.raises(FrameError, match=message) as caught:
             decode(encode(bad), spec=spec)
-        assert what  # each case is a distinct mismatch
+        assert caught.value.reason == "spec"
+
+
+def test_a_zero_size_field_with_huge_sides_is_a_frame_error_not_a_value_error():
+    """numpy refuses shape [2**40, 2**40, 0] with a ValueError (its sides overflow intp);
+    decode must say FrameError, the one error the transports catch."""
+    data = _raw_frame({"fields": [_field(shape=(2**40, 2**40, 0))], "meta": {}})
+    with pytest.raises(FrameError, match="spans") as caught:
+        decode(data)
+    assert type(caught.value) is FrameError and caught.value.reason == "malformed"
+    # the same sides within bounds still decode
+    frame = decode(_raw_frame({"fields": [_field(shape=(2**10, 2**10, 0))], "meta": {}}))
+    assert frame.arrays["x"].shape == (2**10, 2**10, 0)
+
+
+@settings(max_examples=200, deadline=2000)
+@given(
+    st.lists(st.sampled_from([0, 1, 3, 2**20, 2**31, 2**40]), min_size=1, max_size=8),
+    st.sampled_from(["bool", "uint8", "float32", "float64"]),
+)
+def test_any_zero_size_shape_decodes_or_is_a_frame_error(shape, dtype):
+    if 0 not in shape:
+        shape = [*shape[:-1], 0]
+    try:
+        frame = decode(_raw_frame({"fields": [_field(dtype=dtype, shape=shape)], "meta": {}}))
+    except FrameError:
+        return
+    assert frame.arrays["x"].shape == tuple(shape)
+
+
+def _with_byte(frame: bytes, field_name: str, index: int, value: int) -> bytes:
+    """``frame`` with byte ``index`` of field ``field_name`` set to ``value`` (crc fixed)."""
+    (_, _, _, header_len, _, _) = struct.unpack_from("<4sHHIIQ", frame)
+    header = json.loads(frame[24 : 24 + header_len])
+    (entry,) = [f for f in header["fields"] if f["name"] == field_name]
+    data = bytearray(frame)
+    data[(24 + header_len + 7) // 8 * 8 + entry["offset"] + index] = value
+    return _fix_crc(data)
+
+
+def test_a_bool_byte_other_than_0_or_1_is_rejected_with_or_without_a_spec():
+    arrays = {"terminated": np.array([True, False, True]), "r": np.zeros(3, np.float32)}
+    frame = encode(arrays)
+    for byte in (2, 0x80, 0xFF):
+        bad = _with_byte(frame, "terminated", 1, byte)
+        for spec in (None, FrameSpec.from_arrays(arrays)):
+            with pytest.raises(FrameError, match="'terminated': bool bytes") as caught:
+                decode(bad, spec=spec)
+            assert caught.value.reason == "values"
+    fixed = decode(_with_byte(frame, "terminated", 1, 1))
+    np.testing.assert_array_equal(fixed.arrays["terminated"], [True, True, True])
+
+
+_UNROLL_LIKE = {
+    "obs": np.zeros((4, 2, 3), np.float32),
+    "actions": np.zeros((3, 2), np.int32),
+    "rewards": np.zeros((3, 2), np.float32),
+    "truncation_value": np.zeros((3, 2), np.float32),
+    "episode_return": np.full((3, 2), np.nan, np.float32),  # NaN by design: not checked
+}
+_META = {"policy_version": 3, "actor_id": 1, "unroll_index": 7}
+_CHECKED = FrameSpec.from_arrays(
+    _UNROLL_LIKE,
+    meta={"policy_version": (0, 2**63 - 1), "actor_id": (0, 2**31 - 1), "unroll_index": (0, 99)},
+    finite=("obs", "rewards", "truncation_value"),
+    ranges={"actions": (0, 4)},
+)
+
+
+def test_the_spec_requires_its_meta_keys_in_range():
+    decode(encode(_UNROLL_LIKE, _META), spec=_CHECKED)
+    decode(encode(_UNROLL_LIKE, {**_META, "extra": -5}), spec=_CHECKED)  # others may come
+    cases = {
+        "'policy_version' is missing": {k: v for k, v in _META.items() if k != "policy_version"},
+        "'actor_id' is missing": {"policy_version": 1},
+        "'policy_version': -1 is outside": {**_META, "policy_version": -1},
+        "'actor_id': 2147483648 is outside": {**_META, "actor_id": 2**31},
+        "'actor_id': -3 is outside": {**_META, "actor_id": -3},
+        "'unroll_index': 100 is outside": {**_META, "unroll_index": 100},
+    }
+    for message, meta in cases.items():
+        with pytest.raises(FrameError, match=message) as caught:
+            decode(encode(_UNROLL_LIKE, meta), spec=_CHECKED)
+        assert caught.value.reason == "meta"
+    # Not an int at all: the header parser refuses it before the spec is asked.
+    for value in (1.5, "3", True, None):
+        header = {"fields": [], "meta": {**_META, "policy_version": value}}
+        with pytest.raises(FrameError, match="int64"):
+            decode(_raw_frame(header), spec=FrameSpec({}, {"policy_version": (0, 9)}))
+
+
+@pytest.mark.parametrize(
+    "field, index, value, message",
+    [
+        ("rewards", (1, 0), np.nan, "'rewards': non-finite"),
+        ("rewards", (2, 1), -np.inf, "'rewards': non-finite"),
+        ("truncation_value", (0, 0), np.inf, "'truncation_value': non-finite"),
+        ("obs", (3, 1, 2), np.nan, "'obs': non-finite"),
+        ("actions", (0, 1), 5, "'actions': values outside"),
+        ("actions", (2, 0), -1, "'actions': values outside"),
+    ],
+)
+def test_the_spec_rejects_non_finite_and_out_of_range_values(field, index, value, message):
+    bad = {name: a.copy() for name, a in _UNROLL_LIKE.items()}
+    bad[field][index] = value
+    with pytest.raises(FrameError, match=message) as caught:
+        decode(encode(bad, _META), spec=_CHECKED)
+    assert caught.value.reason == "values"
+    decode(encode(bad, _META))  # without a spec only the structure is checked
+
+
+def test_bounds_per_component_broadcast_over_the_last_axis():
+    arrays = {"actions": np.array([[0, 2], [1, 0]], np.int64)}
+    spec = FrameSpec.from_arrays(arrays, ranges={"actions": (0, (1, 2))})
+    decode(encode(arrays), spec=spec)
+    with pytest.raises(FrameError, match="outside"):
+        decode(encode({"actions": np.array([[2, 0], [0, 0]], np.int64)}), spec=spec)
+
+
+def test_a_spec_refuses_checks_on_fields_of_the_wrong_kind():
+    with pytest.raises(ValueError, match="'actions' is not a float field"):
+        FrameSpec.from_arrays(_UNROLL_LIKE, finite=("actions",))
+    with pytest.raises(ValueError, match="'rewards' is not an integer field"):
+        FrameSpec.from_arrays(_UNROLL_LIKE, ranges={"rewards": (0, 1)})
+    with pytest.raises(ValueError, match="'nope' is not a float field"):
+        FrameSpec.from_arrays(_UNROLL_LIKE, finite=("nope",))
+    with pytest.raises(ValueError, match="broadcast"):  # 3 bounds for 2 components
+        FrameSpec.from_arrays(_UNROLL_LIKE, ranges={"actions": (0, (1, 2, 3))})
+
+
+def test_every_rejection_names_its_reason():
+    assert FrameError("x").reason == "malformed"
+    for data in (b"", os.urandom(100), _VALID[:-1]):
+        with pytest.raises(FrameError) as caught:
+            decode(data)
+        assert caught.value.reason == "malformed"
 
 
 # ----------------------------------------------------------------------------- hostile payloads
@@ -341,6 +488,26 @@ def test_fuzz_mutated_valid_frame(edits, cut, fix_crc):
     data = data[:cut] if cut < len(data) and not fix_crc else data
     # With the crc recomputed the mutation reaches the header parser and the layout checks.
     _decode_or_frame_error(_fix_crc(data) if fix_crc else bytes(data))
+
+
+_VALID_UNROLL = encode(_UNROLL_LIKE, _META)
+
+
+@_FUZZ
+@given(
+    st.lists(st.tuples(st.integers(24, len(_VALID_UNROLL) - 1), st.integers(0, 255)), max_size=4)
+)
+def test_fuzz_mutated_frames_against_a_spec_are_accepted_or_a_frame_error(edits):
+    data = bytearray(_VALID_UNROLL)
+    for pos, value in edits:
+        data[pos] = value
+    try:
+        frame = decode(_fix_crc(data), spec=_CHECKED)
+    except FrameError as e:
+        assert e.reason in ("malformed", "spec", "meta", "values")
+        return
+    assert np.isfinite(frame.arrays["rewards"]).all()
+    assert 0 <= frame.meta["actor_id"] < 2**31
 
 
 @_FUZZ

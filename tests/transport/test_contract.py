@@ -403,18 +403,23 @@ def test_close_makes_blocked_and_later_puts_return_false_promptly(harness):
 
 
 def test_corrupt_frames_are_counted_and_skipped(harness):
-    spec = FrameSpec.from_arrays(make_unroll(0, 0, 256))
+    meta = {"producer": (0, 7), "seq": (0, 99)}
+    spec = FrameSpec.from_arrays(make_unroll(0, 0, 256), meta=meta, finite=("rewards",))
     t = harness.create(num_producers=1, slots=16, spec=spec)
     (producer, _) = harness.connect(t, 0)
     valid = encode(make_unroll(0, 1, 256), {"producer": 0, "seq": 1})
     flipped = bytearray(valid)
     flipped[-5] ^= 0xFF
+    nan_rewards = {**make_unroll(0, 5, 256), "rewards": np.full((8, 4), np.nan, np.float32)}
     garbage = [
         os.urandom(3000),
         bytes(flipped),  # crc
         valid[:-8],  # truncated
         b"\x80\x04\x95" + os.urandom(100),  # looks like a pickle
         encode({"obs": np.zeros(3, np.uint8)}, {"producer": 0, "seq": 9}),  # violates the spec
+        encode(make_unroll(0, 3, 256), {"producer": 0}),  # no "seq"
+        encode(make_unroll(0, 4, 256), {"producer": 9, "seq": 4}),  # producer out of range
+        encode(nan_rewards, {"producer": 0, "seq": 5}),  # non-finite rewards
     ]
     assert producer.put(make_unroll(0, 0, 256), {"producer": 0, "seq": 0})
     for data in garbage:
@@ -423,7 +428,10 @@ def test_corrupt_frames_are_counted_and_skipped(harness):
     (producer, _) = harness.connect(t, 0)  # a restarted actor resumes after the garbage
     assert producer.put(make_unroll(0, 2, 256), {"producer": 0, "seq": 2})
     assert _drain(t.queue, 256) == [(0, 0), (0, 2)]
-    assert t.queue.stats["frames_rejected"] == len(garbage)
+    stats = t.queue.stats
+    assert stats["frames_rejected"] == len(garbage)
+    by_reason = {r: stats[f"frames_rejected_{r}"] for r in ("malformed", "spec", "meta", "values")}
+    assert by_reason == {"malformed": 4, "spec": 1, "meta": 2, "values": 1}
 
 
 def test_unroll_larger_than_a_slot_raises_and_leaves_the_queue_usable(harness):

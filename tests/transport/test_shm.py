@@ -24,10 +24,16 @@ from jaxrl_impala.transport import (
 
 CHILD_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
+# The owner's SIGINT disposition is set, not inherited: a test session that a non-interactive
+# shell starts in the background (`pytest &` in a script) runs with SIGINT ignored, and so do
+# its children; an interactive program (the case under test) raises KeyboardInterrupt. With
+# "ignore-sigint", the owner ignores it as such a background job does.
 OWNER_SRC = """
-import json, sys, time
+import json, signal, sys, time
 from jaxrl_impala.transport import create_transport, install_cleanup_signal_handlers
 
+ignore = sys.argv[2:] == ["ignore-sigint"]
+signal.signal(signal.SIGINT, signal.SIG_IGN if ignore else signal.default_int_handler)
 t = create_transport("shm", num_producers=1, slots_per_producer=2, slot_bytes=4096,
                      param_bytes=4096, prefix=sys.argv[1])
 install_cleanup_signal_handlers(t)
@@ -156,6 +162,24 @@ def test_owner_signal_cleans_up_and_stops_producers(prefix, sig, returncode):
         assert out == b"owner gone\n" and time.monotonic() - start < 3.0
     finally:
         _reap(owner, *([producer] if producer else []))
+
+
+def test_an_ignored_sigint_stays_ignored_and_closes_nothing(prefix):
+    """An owner that ignores SIGINT (a background job of a script) keeps ignoring it: the
+    cleanup handler must not take it over, or SIGINT would remove the segments under an
+    owner that carries on (issue 18: the segments were gone and the owner never exited)."""
+    owner = _spawn(OWNER_SRC, prefix, "ignore-sigint")
+    try:
+        _readline(owner)
+        owner.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert owner.poll() is None and _entries(prefix) == [f"{prefix}_p", f"{prefix}_q"]
+        owner.send_signal(signal.SIGTERM)  # not ignored: cleans up and ends the owner
+        owner.wait(timeout=10)
+        assert owner.returncode == -signal.SIGTERM, owner.stderr.read().decode()
+        assert _entries(prefix) == []
+    finally:
+        _reap(owner)
 
 
 def test_producer_exits_by_itself_when_the_owner_is_sigkilled(prefix):
