@@ -89,6 +89,16 @@ def _kl_behaviour(policy: Policy, data: Data, head) -> jax.Array:
     return jnp.mean(policy.make_dist(data["behaviour_dist"]).kl(head))
 
 
+def _total(lc: LearnerConfig, pg: tuple, vl: tuple, head, kl: jax.Array, extra=None):
+    """``policy + value_coef * value + entropy_coef * entropy`` losses, and every term's
+    metrics (``pg`` and ``vl``: a loss function's ``(loss, metrics)``)."""
+    (pg, pg_m), (vl, vl_m) = pg, vl
+    ent, ent_m = entropy_loss(head.entropy())
+    total = pg + lc.value_coef * vl + lc.entropy_coef * ent
+    metrics = {"loss": total, "policy_loss": pg, "value_loss": vl, **(extra or {})}
+    return total, {**metrics, "kl_behaviour": kl, **pg_m, **vl_m, **ent_m}
+
+
 def _no_prepare(params, stats, data: Data) -> Data:
     return data
 
@@ -139,21 +149,9 @@ def make_impala(policy: Policy, lc: LearnerConfig) -> Algorithm:
             clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
             lambda_=lc.lambda_,
         )
-        pg, pg_m = impala_pg_loss(logp, targets.pg_advantages)
-        vl, vl_m = value_loss(values, targets.vs)
-        ent, ent_m = entropy_loss(head.entropy())
-        total = pg + lc.value_coef * vl + lc.entropy_coef * ent
-        metrics = {
-            "loss": total,
-            "policy_loss": pg,
-            "value_loss": vl,
-            **ratio_metrics(log_rhos),
-            "kl_behaviour": _kl_behaviour(policy, mb, head),
-            **pg_m,
-            **vl_m,
-            **ent_m,
-        }
-        return total, metrics
+        pg = impala_pg_loss(logp, targets.pg_advantages)
+        vl = value_loss(values, targets.vs)
+        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head), ratio_metrics(log_rhos))
 
     return Algorithm(loss, _no_prepare, *update_passes(lc))
 
@@ -179,22 +177,11 @@ def make_ppo(policy: Policy, lc: LearnerConfig) -> Algorithm:
         adv = mb["advantages"]
         if lc.normalize_advantages:
             adv = standardize(adv)
-        pg, pg_m = ppo_policy_loss(logp, mb["old_logp"], adv, lc.clip_eps)
-        vl, vl_m = value_loss(
+        pg = ppo_policy_loss(logp, mb["old_logp"], adv, lc.clip_eps)
+        vl = value_loss(
             values, mb["returns"], behaviour_values=mb["old_values"], clip_eps=lc.value_clip_eps
         )
-        ent, ent_m = entropy_loss(head.entropy())
-        total = pg + lc.value_coef * vl + lc.entropy_coef * ent
-        metrics = {
-            "loss": total,
-            "policy_loss": pg,
-            "value_loss": vl,
-            "kl_behaviour": _kl_behaviour(policy, mb, head),
-            **pg_m,
-            **vl_m,
-            **ent_m,
-        }
-        return total, metrics
+        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head))
 
     return Algorithm(loss, prepare, *update_passes(lc))
 
