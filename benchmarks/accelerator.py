@@ -37,7 +37,7 @@ import numpy as np
 from _results import header, save_figure, write
 from throughput import end_to_end
 
-from jaxrl_impala.actor.rollout import fused_unroll_fn
+from jaxrl_impala.actor.rollout import fused_unroll_fn, initial_carry
 from jaxrl_impala.config import load_config
 from jaxrl_impala.envs import DrivingVectorEnv, reference_returns
 from jaxrl_impala.train.setup import setup
@@ -86,8 +86,7 @@ def env_and_fused_actor(sizes: list[int], seconds: float) -> list[dict]:
         obs, _ = env.reset(seed=0)
         step = env.pure_step()
         unroll = jax.jit(fused_unroll_fn(s.policy, step, T, s.action_space))
-        zeros = (jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.zeros((n, len(s.term_names))))
-        carry = (env.packed_state, jnp.asarray(obs), *zeros)
+        carry = initial_carry(env.packed_state, jnp.asarray(obs), n, len(s.term_names))
         key = jax.random.PRNGKey(1)
         rows.append(
             {

@@ -54,6 +54,7 @@ def random_batch(s, rng: np.random.Generator) -> dict:
         "terminated": rng.random(shapes["terminated"]) < 0.01,
         "truncated": rng.random(shapes["truncated"]) < 0.01,
         "truncation_value": np.zeros(shapes["truncation_value"], np.float32),
+        "discounted_return": rng.normal(size=shapes["discounted_return"]).astype(np.float32),
     }
     assert set(batch) == set(unroll.BATCH_FIELDS), "the update's batch fields changed"
     return batch

@@ -126,6 +126,9 @@ class LearnerConfig:
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
+    return_norm: ``none``, or ``running``: rewards divided by the running std of the
+        discounted return (gymnasium's ``NormalizeReward``; the statistics live in the train
+        state and its checkpoints), before ``reward_scale`` and ``reward_clip``.
     """
 
     algo: str = "appo"
@@ -153,6 +156,7 @@ class LearnerConfig:
     obs_norm: bool = True
     reward_scale: float = 1.0
     reward_clip: float | None = None
+    return_norm: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +297,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "learner.algo": ("appo", "impala", "ppo"),
     "learner.lr_schedule": ("constant", "linear"),
+    "learner.return_norm": ("none", "running"),
     "network.activation": ("tanh", "relu"),
     "transport.kind": ("shm", "redis"),
     "transport.overflow": ("block", "drop_oldest"),

@@ -36,6 +36,10 @@ class Unroll(NamedTuple):
       truncation_value: float32 [T, B] ``V_mu(final obs)`` where an episode was truncated
         (else 0): the value to bootstrap from, since ``obs[t+1]`` then already belongs to
         the next episode.
+      discounted_return: float32 [T, B] the episode's discounted return up to and including
+        step t, ``r_t + gamma * r_{t-1} + ...`` with ``gamma = learner.gamma`` (what
+        ``learner.return_norm: running`` keeps statistics of, as gymnasium's
+        ``NormalizeReward`` does; 0 before an episode's first step).
       episode_return: float32 [T, B] the return of the episode that ended at t (NaN where
         none ended).
       episode_length: int32 [T, B] its length (0 where none ended).
@@ -51,6 +55,7 @@ class Unroll(NamedTuple):
     terminated: Any
     truncated: Any
     truncation_value: Any
+    discounted_return: Any
     episode_return: Any
     episode_length: Any
     episode_terms: Any = None
@@ -64,6 +69,7 @@ DTYPES: dict[str, Any] = {
     "terminated": np.bool_,
     "truncated": np.bool_,
     "truncation_value": np.float32,
+    "discounted_return": np.float32,
     "episode_return": np.float32,
     "episode_length": np.int32,
     "episode_terms": np.float32,
@@ -79,6 +85,7 @@ BATCH_FIELDS = (
     "terminated",
     "truncated",
     "truncation_value",
+    "discounted_return",
 )
 
 # Integer metadata every unroll frame carries beside its arrays.
@@ -102,6 +109,7 @@ FINITE_FIELDS = (
     "behaviour_dist",
     "rewards",
     "truncation_value",
+    "discounted_return",
 )
 
 
@@ -139,6 +147,7 @@ def example(
         terminated=zeros((T, B), DTYPES["terminated"]),
         truncated=zeros((T, B), DTYPES["truncated"]),
         truncation_value=zeros((T, B), DTYPES["truncation_value"]),
+        discounted_return=zeros((T, B), DTYPES["discounted_return"]),
         episode_return=zeros((T, B), DTYPES["episode_return"]),
         episode_length=zeros((T, B), DTYPES["episode_length"]),
         episode_terms=zeros((T, B, num_terms), DTYPES["episode_terms"]) if num_terms else None,

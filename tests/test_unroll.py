@@ -41,7 +41,7 @@ def test_the_frame_spec_checks_meta_and_the_values_the_update_reads():
     # float fields the update reads; not the uint8 image, not the NaN-by-design returns
     assert spec.finite == {
         "obs__lidar", "actions", "behaviour_logp", "behaviour_dist", "rewards",
-        "truncation_value",
+        "truncation_value", "discounted_return",
     }  # fmt: skip
     assert spec.ranges == {}  # float actions: no bounds
 

@@ -18,6 +18,7 @@ import numpy as np
 from jaxrl_impala import unroll as unroll_lib
 from jaxrl_impala.actor.envs import make_vector_env, reward_term_names
 from jaxrl_impala.config import Config
+from jaxrl_impala.core.normalization import accumulate_return
 from jaxrl_impala.envs.wrappers import final_observations
 from jaxrl_impala.networks import (
     clip_to_space,
@@ -38,14 +39,26 @@ def restart_seed(seed: int, actor_id: int, incarnation: int) -> int:
     return (1 << 30) + int(state) % (1 << 29)
 
 
-def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space):
+def initial_carry(packed: Any, obs: Any, num_envs: int, num_terms: int) -> tuple:
+    """The carry of :func:`fused_unroll_fn` at the start of a run: the env's packed state and
+    first observation, and every episode sum at zero."""
+    B = num_envs
+    zeros = (np.zeros(B, np.float32), np.zeros(B, np.int32), np.zeros((B, num_terms), np.float32))
+    return (packed, obs, *zeros, np.zeros(B, np.float32))
+
+
+def fused_unroll_fn(
+    policy: Any, env_step: Any, T: int, action_space: gym.Space, gamma: float = 0.99
+):
     """One jittable function for a whole unroll of an env written in JAX.
 
     ``unroll(params, stats, carry, key) -> (key, carry, out)`` where ``carry`` is
-    ``(packed, obs, ep_return [B], ep_length [B], ep_terms [B, K])`` and ``env_step`` is a
-    pure step such as :meth:`DrivingVectorEnv.pure_step`. ``out`` is an :class:`Unroll`
-    whose ``obs`` lacks the last row (the returned ``carry[1]``). Step t samples with
-    ``split(key, T + 1)[t + 1]`` and the returned key is ``[0]``, as the stepwise path does.
+    ``(packed, obs, ep_return [B], ep_length [B], ep_terms [B, K], discounted [B])``
+    (:func:`initial_carry`) and ``env_step`` is a pure step such as
+    :meth:`DrivingVectorEnv.pure_step`. ``out`` is an :class:`Unroll` whose ``obs`` lacks the
+    last row (the returned ``carry[1]``). Step t samples with ``split(key, T + 1)[t + 1]``
+    and the returned key is ``[0]``, as the stepwise path does. ``gamma`` discounts the
+    ``discounted_return`` field (``learner.gamma``).
     """
     act = policy_step_fn(policy)
     value = value_fn(policy)
@@ -54,7 +67,7 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space)
         keys = jax.random.split(key, T + 1)
 
         def body(carry, k):
-            packed, obs, ep_return, ep_length, ep_terms = carry
+            packed, obs, ep_return, ep_length, ep_terms, discounted = carry
             action, logp, dist, _ = act(params, stats, obs, k)
             to_env = clip_to_space(action, action_space)
             packed, next_obs, final_obs, reward, term, trunc, terms = env_step(packed, to_env)
@@ -68,6 +81,7 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space)
             ep_length = ep_length + 1
             ep_terms = ep_terms + terms
             done = term | trunc
+            so_far, discounted = accumulate_return(discounted, reward, done, gamma)
             row = Unroll(
                 obs=obs,
                 actions=action,
@@ -77,6 +91,7 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space)
                 terminated=term,
                 truncated=trunc,
                 truncation_value=trunc_value,
+                discounted_return=so_far,
                 episode_return=jnp.where(done, ep_return, jnp.nan),
                 episode_length=jnp.where(done, ep_length, 0),
                 episode_terms=jnp.where(done[:, None], ep_terms, 0.0),
@@ -84,7 +99,8 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space)
             ep_return = jnp.where(done, 0.0, ep_return)
             ep_length = jnp.where(done, 0, ep_length)
             ep_terms = jnp.where(done[:, None], 0.0, ep_terms)
-            return (packed, next_obs, ep_return, ep_length, ep_terms), unroll_lib.cast(row)
+            carry = (packed, next_obs, ep_return, ep_length, ep_terms, discounted)
+            return carry, unroll_lib.cast(row)
 
         carry, out = jax.lax.scan(body, carry, keys[1:])
         return keys[0], carry, out
@@ -121,6 +137,7 @@ class Rollout:
         self.actor_id = actor_id
         self.T = config.rollout.length
         self.B = config.env.num_envs
+        self.gamma = config.learner.gamma
         self.env = env if env is not None else make_vector_env(config, self.B)
         self.term_names = reward_term_names(config)
         obs_space = self.env.single_observation_space
@@ -144,15 +161,12 @@ class Rollout:
         self._fused = None
         if fused:  # the env state, observation and episode sums live in the scan's carry
             self._fused = jax.jit(
-                fused_unroll_fn(self.policy, self.env.pure_step(), self.T, self.action_space)
+                fused_unroll_fn(
+                    self.policy, self.env.pure_step(), self.T, self.action_space, self.gamma
+                )
             )
-            self._carry = (
-                self.env.packed_state,
-                jax.tree.map(jnp.asarray, obs),
-                jnp.zeros(self.B, jnp.float32),
-                jnp.zeros(self.B, jnp.int32),
-                jnp.zeros((self.B, len(self.term_names)), jnp.float32),
-            )
+            carry = initial_carry(self.env.packed_state, obs, self.B, len(self.term_names))
+            self._carry = jax.tree.map(jnp.asarray, carry)
         else:
             self._step = jax.jit(policy_step_fn(self.policy))
             self._value = jax.jit(value_fn(self.policy))
@@ -160,6 +174,7 @@ class Rollout:
             self.ep_return = np.zeros(self.B, np.float64)
             self.ep_length = np.zeros(self.B, np.int64)
             self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
+            self.discounted = np.zeros(self.B, np.float32)
 
     def warm_up(self) -> None:
         """Compiles the jitted policy calls now, on zero params, so that the first unroll
@@ -218,6 +233,7 @@ class Rollout:
             "terminated": np.zeros((T, B), bool),
             "truncated": np.zeros((T, B), bool),
             "truncation_value": np.zeros((T, B), np.float32),
+            "discounted_return": np.zeros((T, B), np.float32),
             "episode_return": np.full((T, B), np.nan, np.float32),
             "episode_length": np.zeros((T, B), np.int32),
             "episode_terms": np.zeros((T, B, len(self.term_names)), np.float32),
@@ -247,6 +263,8 @@ class Rollout:
                 terms = info["reward_terms"]
                 self.ep_terms += np.stack([np.asarray(terms[k]) for k in self.term_names], -1)
             done = term | trunc
+            cols["discounted_return"][t] = self.gamma * self.discounted + reward
+            self.discounted = np.where(done, 0.0, cols["discounted_return"][t])
             if done.any():
                 cols["episode_return"][t] = np.where(done, self.ep_return, np.nan)
                 cols["episode_length"][t] = np.where(done, self.ep_length, 0)

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_impala.algorithms import Algorithm, make_algorithm, prepare_rewards
 from jaxrl_impala.config import Config, derived_sizes, update_passes
+from jaxrl_impala.core.normalization import Moments, init_moments, scale_rewards, update_moments
 from jaxrl_impala.networks import ObsStats, Policy, init_obs_stats, sample_obs, update_obs_stats
 
 
@@ -33,6 +34,8 @@ class TrainState:
     opt_state: Any
     obs_stats: ObsStats
     step: jax.Array  # updates done
+    # ``learner.return_norm: running``: the discounted return's running moments (else None).
+    return_stats: Moments | None = None
 
 
 def make_optimizer(config: Config, total_updates: int) -> optax.GradientTransformation:
@@ -45,30 +48,43 @@ def make_optimizer(config: Config, total_updates: int) -> optax.GradientTransfor
     return optax.chain(optax.clip_by_global_norm(lc.max_grad_norm), optax.adam(lr, eps=lc.adam_eps))
 
 
-def _init_fn(policy: Policy, obs_space, optimizer: optax.GradientTransformation):
+def _init_fn(policy: Policy, obs_space, optimizer: optax.GradientTransformation, return_norm: str):
     def init(key):
         params = policy.net.init(key, sample_obs(obs_space))
         return TrainState(
-            params, optimizer.init(params), init_obs_stats(obs_space), jnp.zeros((), jnp.int32)
+            params,
+            optimizer.init(params),
+            init_obs_stats(obs_space),
+            jnp.zeros((), jnp.int32),
+            init_moments() if return_norm == "running" else None,
         )
 
     return init
 
 
 def train_state_shapes(
-    policy: Policy, obs_space, optimizer: optax.GradientTransformation, sharding=None
+    policy: Policy,
+    obs_space,
+    optimizer: optax.GradientTransformation,
+    sharding=None,
+    return_norm: str = "none",
 ) -> TrainState:
     """The TrainState as ``jax.ShapeDtypeStruct`` leaves (placed with ``sharding``), from
     tracing alone: enough to compile the update before the params exist."""
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey
-    shapes = jax.eval_shape(_init_fn(policy, obs_space, optimizer), key)
+    shapes = jax.eval_shape(_init_fn(policy, obs_space, optimizer, return_norm), key)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def init_train_state(
-    policy: Policy, obs_space, optimizer: optax.GradientTransformation, key: jax.Array
+    policy: Policy,
+    obs_space,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    return_norm: str = "none",
 ) -> TrainState:
-    init = _init_fn(policy, obs_space, optimizer)
+    """The initial TrainState; ``return_norm`` is ``learner.return_norm``."""
+    init = _init_fn(policy, obs_space, optimizer, return_norm)
     # One compiled program (eagerly, flax's init compiles op by op). It runs once, so XLA may
     # skip its backend optimisations: a faster compile, params within 1e-5 of the optimised.
     no_opt = {"xla_backend_optimization_level": 0}
@@ -164,6 +180,10 @@ def make_update(
             # reduce in place (an all-reduce) instead of all-gathering the observations.
             obs_nt = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch["obs"])
             state = state.replace(obs_stats=update_obs_stats(state.obs_stats, obs_nt))
+        if lc.return_norm == "running":
+            moments = update_moments(state.return_stats, batch["discounted_return"])
+            state = state.replace(return_stats=moments)
+            batch = {**batch, "rewards": scale_rewards(batch["rewards"], moments)}
         rewards, discounts = prepare_rewards(batch, lc)
         data = {
             "obs": batch["obs"],
@@ -182,7 +202,10 @@ def make_update(
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, algorithm.epochs))
         steps_finite = jnp.all(metrics.pop("step_finite"))
         metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["reward_mean"] = jnp.mean(batch["rewards"])
+        metrics["reward_mean"] = jnp.mean(batch["rewards"])  # as trained on (scaled by
+        # return_norm, before reward_scale)
+        if lc.return_norm == "running":
+            metrics["return_std"] = jnp.sqrt(state.return_stats.var)
         # A non-finite loss, gradient or new state leaves the state as it was (the step count
         # still advances); the trainer counts these and stops after too many in a row. The
         # diagnostics (rho_max, kl_behaviour, ...) are not looked at: an inf among them says

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_impala import unroll
 from jaxrl_impala.actor.envs import make_vector_env
-from jaxrl_impala.actor.rollout import fused_unroll_fn, restart_seed
+from jaxrl_impala.actor.rollout import fused_unroll_fn, initial_carry, restart_seed
 from jaxrl_impala.config import ConfigError
 from jaxrl_impala.learner.batches import Staged, episode_summary
 from jaxrl_impala.train.setup import Setup
@@ -62,15 +62,14 @@ class OnDeviceBatches:
         obs, _ = env.reset(seed=seed)
         rows = NamedSharding(s.mesh, P("data"))  # [N, ...]: the envs over the devices
         columns = NamedSharding(s.mesh, P(None, "data"))  # [T(+1), N, ...]
-        K = len(s.term_names)
-        carry = (env.packed_state, obs, np.zeros(n, np.float32), np.zeros(n, np.int32))
-        self._carry = jax.device_put((*carry, np.zeros((n, K), np.float32)), rows)
+        carry = initial_carry(env.packed_state, obs, n, len(s.term_names))
+        self._carry = jax.device_put(carry, rows)
         key = jax.random.PRNGKey(config.train.seed * 7919 + 104729)
         if incarnation:
             key = jax.random.fold_in(key, incarnation % 2**31)
         self._key = jax.device_put(np.asarray(key), s.replicated)
         unroll_fn = fused_unroll_fn(
-            s.policy, env.pure_step(), config.rollout.length, s.action_space
+            s.policy, env.pure_step(), config.rollout.length, s.action_space, config.learner.gamma
         )
         env.close()
 

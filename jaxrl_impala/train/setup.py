@@ -75,11 +75,13 @@ class Setup:
 
     def init_state(self, key: jax.Array) -> TrainState:
         """Fresh params, optimiser state and obs statistics (on the host's default device)."""
-        return init_train_state(self.policy, self.obs_space, self.optimizer, key)
+        rn = self.config.learner.return_norm
+        return init_train_state(self.policy, self.obs_space, self.optimizer, key, rn)
 
     def state_shapes(self) -> TrainState:
         """The TrainState's shapes, placed replicated: enough to compile the update."""
-        return train_state_shapes(self.policy, self.obs_space, self.optimizer, self.replicated)
+        rn = self.config.learner.return_norm
+        return train_state_shapes(self.policy, self.obs_space, self.optimizer, self.replicated, rn)
 
     def example_unroll(self) -> unroll.Unroll:
         """A zero :class:`~jaxrl_impala.unroll.Unroll` of one actor's send."""

@@ -72,9 +72,14 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode):
     fused.set_params(arrays)
     stepwise.set_params(arrays)
     ended = np.zeros(2, int)
+    discounted = np.zeros(16)  # gymnasium's NormalizeReward accumulator, step by step
     for i in range(4):
         a, meta_a = fused.unroll(policy_version=i)
         b, meta_b = stepwise.unroll(policy_version=i)
+        for t in range(8):
+            discounted = discounted * config.learner.gamma + b["rewards"][t]
+            np.testing.assert_allclose(b["discounted_return"][t], discounted, rtol=1e-4, atol=1e-6)
+            discounted[b["terminated"][t] | b["truncated"][t]] = 0.0
         assert meta_a == meta_b
         assert sorted(a) == sorted(b)
         ended += b["terminated"].sum(), (b["truncated"] & ~b["terminated"]).sum()

@@ -35,6 +35,7 @@ def unroll(seed: int, actor_id: int = 0, index: int = 0, version: int = 0):
         "terminated": rng.random((T, B)) < 0.3,
         "truncated": np.zeros((T, B), bool),
         "truncation_value": np.zeros((T, B), np.float32),
+        "discounted_return": rng.normal(size=(T, B)).astype(np.float32),
         "episode_return": returns,
         "episode_length": np.zeros((T, B), np.int32),
         "episode_terms": terms,
@@ -167,7 +168,7 @@ def test_stage_concatenates_along_envs_and_collects_the_finished_episodes():
         np.testing.assert_array_equal(staged.batch[name], expected)
     assert set(staged.batch) == {
         "obs", "actions", "behaviour_logp", "behaviour_dist", "rewards", "terminated",
-        "truncated", "truncation_value",
+        "truncated", "truncation_value", "discounted_return",
     }  # fmt: skip
     np.testing.assert_allclose(
         staged.episode_returns, [a["episode_return"][1, 0], b["episode_return"][1, 0]]

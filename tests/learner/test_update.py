@@ -199,9 +199,40 @@ def bandit_learner(overrides: list[str]):
     config = load_config(None, [*base, "network.hidden=[8]", f"rollout.length={T}", *overrides])
     policy = make_policy(OBS, ACT, config.network, obs_norm=config.learner.obs_norm)
     optimizer = make_optimizer(config, 100)
-    state = init_train_state(policy, OBS, optimizer, jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(0)
+    state = init_train_state(policy, OBS, optimizer, key, config.learner.return_norm)
     update, put_batch, replicated = make_update(policy, optimizer, config, make_mesh(1))
     return policy, jax.device_put(state, replicated), update, put_batch
+
+
+def test_running_return_norm_trains_as_on_rewards_divided_by_the_reference_std():
+    """``learner.return_norm=running``: its moments are gymnasium's ``RunningMeanStd`` fed the
+    discounted returns step by step (as ``NormalizeReward`` does), and the update equals a
+    plain one on rewards divided by that std (after the batch is folded in)."""
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    algo = ["learner.algo=impala", "learner.obs_norm=false", "learner.reward_scale=2.0"]
+    policy, normed, update_n, put_n = bandit_learner([*algo, "learner.return_norm=running"])
+    _, plain, update_p, put_p = bandit_learner(algo)
+    assert plain.return_stats is None
+    reference = RunningMeanStd(shape=())
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        batch = bandit_batch(rng, policy, normed)
+        batch["rewards"] = rng.normal(1.0, 3.0, (T, N)).astype(np.float32)
+        batch["discounted_return"] = rng.normal(5.0 * i, 4.0, (T, N)).astype(np.float32)
+        for row in batch["discounted_return"]:  # one env step of N envs at a time
+            reference.update(row.astype(np.float64))
+        scaled = {**batch, "rewards": batch["rewards"] / np.sqrt(reference.var + 1e-8)}
+        normed, m = update_n(normed, put_n(batch), jax.random.PRNGKey(i))
+        plain, _ = update_p(plain, put_p(scaled), jax.random.PRNGKey(i))
+        got = jax.device_get(normed.return_stats)
+        np.testing.assert_allclose(got.mean, reference.mean, rtol=1e-5)
+        np.testing.assert_allclose(got.var, reference.var, rtol=1e-5)
+        np.testing.assert_allclose(got.count, reference.count, rtol=1e-6)
+        assert float(m["return_std"]) == pytest.approx(np.sqrt(reference.var), rel=1e-5)
+        for a, b in zip(*(jax.tree.leaves(s.params) for s in (normed, plain)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("algo", ["appo", "impala", "ppo"])

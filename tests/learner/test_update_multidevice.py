@@ -20,6 +20,8 @@ FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 # Wall-clock quantities differ run to run; every other numeric key must match.
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 T, N, UPDATES = 4, 16, 4
+# Each algorithm, and APPO with the running return normaliser (its moments are compared too).
+VARIANTS = ["appo", "ppo", "impala", "appo+running"]
 
 
 def four_device_env() -> dict[str, str]:
@@ -42,6 +44,7 @@ def _random_batch(rng: np.random.Generator) -> dict:
         "terminated": rng.random((T, N)) < 0.1,
         "truncated": truncated,
         "truncation_value": np.where(truncated, rng.normal(size=(T, N)), 0).astype(np.float32),
+        "discounted_return": rng.normal(3.0, 2.0, (T, N)).astype(np.float32),
     }
 
 
@@ -59,11 +62,13 @@ def worker() -> dict:
     obs_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     act_space = gym.spaces.Discrete(2)
     out: dict = {"params": {}, "collectives": {}}
-    for algo in ("appo", "ppo", "impala"):
+    for variant in VARIANTS:
+        algo, _, return_norm = variant.partition("+")
         config = load_config(
             None,
             [
                 f"learner.algo={algo}",
+                f"learner.return_norm={return_norm or 'none'}",
                 f"env.num_envs={N // 2}",
                 "learner.batch_unrolls=2",
                 "learner.minibatches=2",
@@ -76,25 +81,28 @@ def worker() -> dict:
         )
         policy = make_policy(obs_space, act_space, config.network, obs_norm=True)
         optimizer = make_optimizer(config, 100)
-        out["params"][algo] = {}
+        out["params"][variant] = {}
         for devices in (1, 2, 4):
             update, put_batch, replicated = make_update(
                 policy, optimizer, config, make_mesh(devices)
             )
-            state = init_train_state(policy, obs_space, optimizer, jax.random.PRNGKey(0))
+            key = jax.random.PRNGKey(0)
+            state = init_train_state(policy, obs_space, optimizer, key, config.learner.return_norm)
             state = jax.device_put(state, replicated)
             rng = np.random.default_rng(0)
             for i in range(UPDATES):
                 batch = put_batch(_random_batch(rng))
                 if i == 0 and devices == 4:
                     hlo = update.lower(state, batch, jax.random.PRNGKey(i)).compile().as_text()
-                    out["collectives"][algo] = {
+                    out["collectives"][variant] = {
                         op: hlo.count(f" {op}(")
                         for op in ("all-gather", "all-to-all", "all-reduce", "collective-permute")
                     }
                 state, _ = update(state, batch, jax.random.PRNGKey(i))
-            leaves = jax.tree.leaves(jax.device_get((state.params, state.obs_stats)))
-            out["params"][algo][devices] = [np.asarray(x).ravel().tolist() for x in leaves]
+            leaves = jax.tree.leaves(
+                jax.device_get((state.params, state.obs_stats, state.return_stats))
+            )
+            out["params"][variant][devices] = [np.asarray(x).ravel().tolist() for x in leaves]
     bad = load_config(None, ["env.num_envs=6", "learner.batch_unrolls=2", "learner.minibatches=2"])
     try:
         make_update(policy, make_optimizer(bad, 1), bad, make_mesh(4))
@@ -119,20 +127,20 @@ def worker_result() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("algo", ["appo", "ppo", "impala"])
-def test_update_gives_the_same_params_on_1_2_and_4_devices(worker_result, algo):
-    runs = worker_result["params"][algo]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_update_gives_the_same_params_on_1_2_and_4_devices(worker_result, variant):
+    runs = worker_result["params"][variant]
     for devices in ("2", "4"):
         for a, b in zip(runs[devices], runs["1"], strict=True):
             # Only the order of the float sums differs between device counts.
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{devices} devices")
 
 
-@pytest.mark.parametrize("algo", ["appo", "ppo", "impala"])
-def test_sharded_update_never_gathers_the_batch(worker_result, algo):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sharded_update_never_gathers_the_batch(worker_result, variant):
     """Minibatches are cut inside each device's columns: gradients are all-reduced, but no
     all-gather / all-to-all moves the batch between devices."""
-    ops = worker_result["collectives"][algo]
+    ops = worker_result["collectives"][variant]
     assert ops["all-reduce"] > 0
     assert ops["all-gather"] == ops["all-to-all"] == ops["collective-permute"] == 0, ops
 
