@@ -17,7 +17,8 @@ separate opaque C call, so the compiler cannot reorder them either. Writers ther
 data first and publish by bumping a counter last; readers load the counter first and the data
 after. On weaker memory models (ARM) this is not guaranteed, which is why readers never trust
 a slot: every frame is re-validated by the codec (structure + crc32), and a frame that fails is
-dropped and counted (``frames_rejected``), never raised into the learner.
+read again (up to three times: a late frame, not a bad one), then dropped and counted
+(``frames_rejected``), never raised into the learner.
 
 Overflow policies of the queue (per ring, chosen at create):
 
@@ -61,6 +62,9 @@ import numpy as np
 
 from jaxrl_impala.transport.base import Closing, rejection_stats
 from jaxrl_impala.transport.codec import Frame, FrameError, FrameSpec, decode, encode_into
+
+# A malformed frame in a slot is read this many more times before it is rejected (`ShmQueue`).
+_REREADS = 3
 
 __all__ = [
     "ShmParamStore",
@@ -312,7 +316,7 @@ class ShmQueue(_Segment):
         self._tails = [0] * layout.num_producers  # consumer-owned, mirrored into the segment
         self._next = 0  # round-robin cursor
         self._pending: tuple[int, int, Frame] | None = None  # (producer, new tail, frame)
-        self._got = self._rejected = self._dropped = self._put_seen = 0
+        self._got = self._rejected = self._dropped = self._put_seen = self._reread = 0
         self._rejected_by: dict[str, int] = {}  # the decode failures' reasons
         self._closed = False
         stop = threading.Event()
@@ -394,6 +398,7 @@ class ShmQueue(_Segment):
             "put": put,
             "got": self._got,
             "unrolls_dropped": self._dropped,
+            "frames_reread": self._reread,
             **rejection_stats(self._rejected, self._rejected_by),
         }
 
@@ -482,14 +487,7 @@ class ShmQueue(_Segment):
                 tail += 1
                 self._advance(p, tail)
                 continue
-            start = layout.frame_offset(p, slot)
-            reason = "malformed"
-            try:
-                frame = decode(
-                    self._shm.buf[start : start + length], spec=self.spec, copy=self._drop
-                )
-            except FrameError as e:
-                frame, reason = None, e.reason
+            frame, reason = self._read(layout.frame_offset(p, slot), length)
             if self._drop and int(ring[slot, 0]) != seq:
                 # Overwritten while we copied: whatever we read may be torn.
                 self._dropped += 1
@@ -507,6 +505,24 @@ class ShmQueue(_Segment):
                 self._tails[p] = tail
                 self._pending = (p, tail, frame)
             return frame
+
+    def _read(self, start: int, length: int) -> tuple[Frame | None, str]:
+        """``(frame, None)``, or ``(None, reason)`` for a frame that fails the codec. A
+        malformed one (a crc32 mismatch, say) is read again, up to :data:`_REREADS` times:
+        on a weakly ordered CPU (ARM) the bytes may become visible after the sequence word
+        that published them, and such a frame is late, not bad."""
+        for attempt in range(_REREADS + 1):
+            try:
+                frame = decode(
+                    self._shm.buf[start : start + length], spec=self.spec, copy=self._drop
+                )
+                return frame, ""
+            except FrameError as e:
+                if e.reason != "malformed" or attempt == _REREADS:
+                    return None, e.reason
+                self._reread += 1
+                time.sleep(0)  # let the writer's stores land
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Set the closed flag (producers' `put` returns False), unmap and unlink. Idempotent."""

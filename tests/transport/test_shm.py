@@ -310,3 +310,39 @@ def test_hostile_ring_counters_are_rejected_not_raised(prefix):
     assert queue.qsize() <= 4
     p.close()
     queue.close()
+
+
+def test_a_frame_whose_bytes_land_late_is_read_again_not_dropped(prefix, monkeypatch):
+    """On a weakly ordered CPU a slot's sequence word can be seen before its bytes: the first
+    read fails its crc32, a later one is whole. The learner reads it again; only a frame that
+    stays bad is rejected."""
+    from jaxrl_impala.transport import shm as shm_module
+
+    queue = ShmQueue.create(1, 4, 1024, name_prefix=prefix)
+    p = ShmQueue.attach(queue.name, 0)
+    good = {"x": np.arange(4, dtype=np.int32)}
+    assert p.put(good, {"i": 0})
+    view = p._slot_views[0]
+    saved = bytes(view[30:31])
+    view[30:31] = bytes([saved[0] ^ 0xFF])  # not yet visible: the crc fails
+    real_decode, calls = shm_module.decode, []
+
+    def late(buf, **kw):  # the writer's byte lands between the first read and the second
+        calls.append(1)
+        if len(calls) == 2:
+            view[30:31] = saved
+        return real_decode(buf, **kw)
+
+    monkeypatch.setattr(shm_module, "decode", late)
+    frame = queue.get(timeout=0)
+    assert frame is not None and frame.meta == {"i": 0}
+    np.testing.assert_array_equal(frame.arrays["x"], good["x"])
+    assert queue.stats["frames_rejected"] == 0 and queue.stats["frames_reread"] == 1
+    queue.release(frame)
+
+    assert p.put(good, {"i": 1})
+    p._slot_views[1][30:31] = bytes([p._slot_views[1][30] ^ 0xFF])  # bad for good
+    assert queue.get(timeout=0) is None
+    assert queue.stats["frames_rejected"] == 1 and queue.stats["frames_reread"] == 1 + 3
+    p.close()
+    queue.close()
