@@ -30,6 +30,7 @@ from jaxrl_impala.learner.batches import BATCHER_REJECT_REASONS, Prefetcher, Sta
 from jaxrl_impala.runtime import distributed
 from jaxrl_impala.train.evaluation import eval_seed, evaluate
 from jaxrl_impala.train.setup import Setup
+from jaxrl_impala.train.stop import StopFlag
 from jaxrl_impala.transport import codec
 
 # Why frames were rejected, by the queue (the codec's reasons) or the batcher.
@@ -50,14 +51,6 @@ class Actors(Protocol):
     restarts: int
 
     def check(self) -> None: ...
-
-
-@dataclasses.dataclass
-class StopFlag:
-    """Set by a signal handler (or a test): the loop stops at the next update boundary."""
-
-    requested: bool = False
-    reason: str = ""
 
 
 @dataclasses.dataclass

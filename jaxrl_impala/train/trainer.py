@@ -36,14 +36,13 @@ from jaxrl_impala.runtime.cpus import (
     split_cpus,
 )
 from jaxrl_impala.runtime.supervisor import ActorSupervisor
+from jaxrl_impala.train.stop import StopFlag
 
 
 class Trainer:
     """One learner process of a run: ``Trainer(config, run_dir, resume).run()``."""
 
     def __init__(self, config: Config, run_dir: Path, resume: bool):
-        from jaxrl_impala.train.loop import StopFlag
-
         self.config = config
         self.run_dir = run_dir
         self.resume = resume

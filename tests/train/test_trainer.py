@@ -210,3 +210,29 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     out = run_train("--config", DEBUG, "--set", "env.id=NoSuchEnv-v9", f"run.dir={tmp_path / 'x'}")
     assert out.returncode == 2 and "NoSuchEnv-v9" in out.stderr
     assert out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def test_the_actors_start_before_the_trainer_imports_jax(tmp_path):
+    """The actors' start-up (imports, env, policy compile) overlaps the trainer's own JAX
+    import only if nothing imports JAX before they start: on 2 cores that is ~0.5 s of a
+    cold CartPole run's time to its first update."""
+    code = f"""
+import sys
+from pathlib import Path
+from jaxrl_impala.config import load_config
+from jaxrl_impala.runtime import supervisor
+from jaxrl_impala.train.trainer import Trainer
+
+def start_all(self):
+    print(sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib")), flush=True)
+    raise SystemExit(0)
+
+supervisor.ActorSupervisor.start_all = start_all
+config = load_config("configs/debug.yaml", ["run.dir={tmp_path}"])
+Trainer(config, Path("{tmp_path}"), False).run()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
