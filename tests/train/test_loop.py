@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hostile import REASONS, hostile_unroll_frames
 from inprocess import STEPS_PER_UPDATE, run_in_process
 
 from jaxrl_impala import unroll
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
 from jaxrl_impala.train import loop as loop_module
-from jaxrl_impala.transport import encode
 
 
 def poison(update, bad_updates):
@@ -51,23 +51,7 @@ def test_the_loop_trains_evaluates_and_checkpoints_in_process(tmp_path):
 
 
 def hostile_frames(s):
-    """Frames a writer to the queue could push (one per line): each is rejected, counted
-    under its reason, and the run trains on."""
-    fields = unroll.to_frame(s.example_unroll())
-    meta = {"policy_version": 0, "actor_id": 0, "unroll_index": 0}
-    nan_rewards = {**fields, "rewards": np.full_like(fields["rewards"], np.nan)}
-    byte_two = np.zeros(fields["terminated"].shape, np.uint8)
-    byte_two[2, 1] = 2  # a "bool" that makes 1 - (terminated | truncated) negative
-    bool_two = {**fields, "terminated": byte_two.view(np.bool_)}
-    return [
-        b"not a frame",  # malformed
-        encode({"x": np.zeros(3, np.float32)}, meta),  # spec
-        encode(fields, {}),  # meta: none at all (the KeyError that ended runs)
-        encode(fields, {**meta, "actor_id": -1}),  # meta: out of range
-        encode(nan_rewards, meta),  # values
-        encode(bool_two, meta),  # values
-        encode(fields, {**meta, "policy_version": 10**12}),  # future_version (the batcher)
-    ]
+    return hostile_unroll_frames(unroll.to_frame(s.example_unroll()))
 
 
 def test_hostile_frames_are_rejected_counted_by_reason_and_the_run_trains_on(tmp_path):
@@ -77,7 +61,7 @@ def test_hostile_frames_are_rejected_counted_by_reason_and_the_run_trains_on(tmp
         preload=hostile_frames,
     )
     assert code == 0 and int(loop.run.state.step) == 4
-    want = {"malformed": 1, "spec": 1, "meta": 2, "values": 2, "future_version": 1}
+    want = REASONS
     final = records[-1]
     assert final["final"] and final["frames_rejected"] == sum(want.values())
     assert {r: final[f"frames_rejected_{r}"] for r in want} == want
