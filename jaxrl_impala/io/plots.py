@@ -1,9 +1,10 @@
 """Plots of a run's ``metrics.jsonl`` (``python -m jaxrl_impala.plot RUN_DIR``).
 
 Writes ``RUN_DIR/plots/learning_curve.png`` (training and evaluation return against env
-steps and against wall-clock time, side by side), ``throughput.png`` (env steps/s against
-wall-clock) and ``policy_lag.png``, each titled with the env id and the algorithm of the
-run's ``config.yaml``. :func:`make_figures` builds them without writing anything.
+steps and against wall-clock time, side by side; for DrivingEnv, the scripted controller's
+and random actions' returns on the evaluation seeds as reference lines), ``throughput.png``
+(env steps/s against wall-clock) and ``policy_lag.png``, each titled with the env id and the
+algorithm of the run's ``config.yaml``. :func:`make_figures` builds them without writing anything.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Panel(NamedTuple):
 _RETURNS = (
     Line("episode_return_mean", "training episodes (last 100)", "-"),
     Line("eval_return_mean", "greedy evaluation", "o-"),
+    # DrivingEnv: the hand-written drivers on the same evaluation seeds
+    Line("eval_scripted_return", "scripted controller (same seeds)", "k--"),
+    Line("eval_random_return", "random actions (same seeds)", "k:"),
 )
 # file name -> (what the title says, panels left to right)
 FIGURES: dict[str, tuple[str, tuple[Panel, ...]]] = {

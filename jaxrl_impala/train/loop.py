@@ -28,7 +28,7 @@ import numpy as np
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.learner.batches import BATCHER_REJECT_REASONS, Prefetcher, Staged
 from jaxrl_impala.runtime import distributed
-from jaxrl_impala.train.evaluation import eval_seed, evaluate
+from jaxrl_impala.train.evaluation import eval_references, eval_seed, evaluate
 from jaxrl_impala.train.setup import Setup
 from jaxrl_impala.train.stop import StopFlag
 from jaxrl_impala.transport import codec
@@ -352,6 +352,7 @@ class TrainLoop:
                 "eval_return_mean": float(returns.mean()),
                 "eval_return_std": float(returns.std()),
                 "eval_episodes": len(returns),
+                **eval_references(self.config),  # DrivingEnv: the scripted and random drivers
             }
 
         return job

@@ -106,3 +106,19 @@ def test_cli_prints_the_paths(tmp_path):
 def _plot_cli(*argv):
     cmd = [sys.executable, "-m", "jaxrl_impala.plot", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_a_driving_runs_curve_draws_the_scripted_and_random_drivers(tmp_path):
+    run_dir = _write_run(tmp_path / "run")
+    records = read_metrics(run_dir)
+    plain = make_figures(records, "t")["learning_curve"].axes[0]
+    assert [line.get_label() for line in plain.lines] == [
+        "training episodes (last 100)",
+        "greedy evaluation",
+    ]
+    refs = {"eval_scripted_return": 51.7, "eval_random_return": -29.7}
+    records = [{**r, **refs} if "eval_return_mean" in r else r for r in records]
+    curve = make_figures(records, "t")["learning_curve"].axes[0]
+    lines = {line.get_label(): line.get_xydata().tolist() for line in curve.lines}
+    assert lines["scripted controller (same seeds)"] == [[3000, 51.7], [6000, 51.7]]
+    assert lines["random actions (same seeds)"] == [[3000, -29.7], [6000, -29.7]]

@@ -8,8 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from inprocess import run_on_device_in_process
 from runs import ROOT, final_record, read_metrics, run_train
+
+from jaxrl_impala.actor.envs import env_kwargs
+from jaxrl_impala.envs import reference_returns
+from jaxrl_impala.train.evaluation import eval_seed
 
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 STEPS = ["train.total_env_steps=1024", "eval.every_env_steps=512"]
@@ -26,7 +31,16 @@ def test_on_device_runs_train_evaluate_and_are_deterministic(tmp_path):
     assert [r["env_steps"] for r in train] == list(range(128, 1025, 128))
     assert all(math.isfinite(r["loss"]) and r["policy_lag_max"] == 0 for r in train)
     assert train[-1]["episodes"] > 0 and "episode_progress" in train[-1]
-    assert [r["env_steps"] for r in first if "eval_return_mean" in r] == [512, 1024]
+    evals = [r for r in first if "eval_return_mean" in r]
+    assert [r["env_steps"] for r in evals] == [512, 1024]
+    # the reference lines: the hand-written drivers on the evaluation's own seeds
+    ref = reference_returns(
+        loop.config.eval.episodes, seed=eval_seed(loop.config), **env_kwargs(loop.config)
+    )
+    for r in evals:
+        assert r["eval_scripted_return"] == pytest.approx(ref["scripted"], rel=1e-6)
+        assert r["eval_random_return"] == pytest.approx(ref["random"], rel=1e-6)
+    assert ref["scripted"] > ref["random"]
     assert first[-1]["final"] and int(loop.run.state.step) == 8
     _, second, _ = run_on_device_in_process(tmp_path / "b", STEPS)
     assert _rows(second) == _rows(first)
