@@ -39,6 +39,7 @@ from jaxrl_impala.actor.process import address_from_stdin, run  # noqa: E402  (J
 from jaxrl_impala.cli import add_config_options, command_parser  # noqa: E402
 from jaxrl_impala.config import ConfigError, from_dict, load_config  # noqa: E402
 from jaxrl_impala.transport import RedisTransportError, redis_address, resolve_url  # noqa: E402
+from jaxrl_impala.unroll import MAX_ACTOR_ID  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(parser, "transport.kind=redis")
     parser.add_argument(
         "--actor-id",
-        type=int,
+        type=_actor_id,
         required=True,
         metavar="N",
         help="this actor's id, unique in the run; it picks the actor's env seeds and action "
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         "another host, joins the Redis transport.url and transport.prefix of the config)",
     )
     return parser
+
+
+def _actor_id(text: str) -> int:
+    """An id the learner accepts (`unroll.META_RANGES`): a standalone actor with any other id
+    would have every unroll it sends rejected."""
+    n = int(text)
+    if not 0 <= n <= MAX_ACTOR_ID:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_ACTOR_ID}, got {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,3 +47,14 @@ def test_a_bad_parameter_frame_is_counted_said_once_and_the_actor_acts_on(capsys
     store.publish(4, good)
     params.refresh(store, rollout)
     assert params.version == 4
+
+
+@pytest.mark.parametrize("actor_id", ["-1", str(2**31)])
+def test_an_actor_id_the_learner_would_reject_is_a_usage_error(actor_id, capsys):
+    from jaxrl_impala.actor.__main__ import main
+
+    argv = ["--config", "configs/debug.yaml", "--set", "transport.kind=redis"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--actor-id", actor_id])
+    assert exit_info.value.code == 2
+    assert f"--actor-id: must be in 0..{2**31 - 1}, got {actor_id}" in capsys.readouterr().err
