@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import psutil
 import pytest
-from hostile import REASONS, hostile_unroll_frames
+from hostile import REASONS, hostile_unroll_frames, push_within_bound
 from redis_runs import CHILD_ENV, DEBUG, ROOT, finish, read_metrics, train, wait_for
 from redis_server import RedisServer, find_redis_server, redis_server  # noqa: F401
 
@@ -257,7 +257,7 @@ def test_a_live_run_rides_out_poisoned_params_a_huge_element_and_a_flood(tmp_pat
             # a future version, built from an honest unroll caught in the queue.
             good = wait_for(lambda: client.lindex(ukey, 0), 60, "an unroll in the queue", proc)
             fields = {k: np.array(v) for k, v in decode(good).arrays.items()}
-            client.rpush(ukey, *hostile_unroll_frames(fields))
+            push_within_bound(client, prefix, hostile_unroll_frames(fields))
 
             # Parameter frames: garbage, wrong shape, NaN, and a forged huge version.
             token = client.hget(pkey, "token")

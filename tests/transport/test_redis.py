@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from hostile import push_within_bound
 from redis_runs import CARTPOLE, CHILD_ENV, DEBUG, ROOT, finish, read_metrics, train, wait_for
 from redis_server import RedisServer, find_redis_server, free_port, redis_server  # noqa: F401
 
@@ -110,7 +111,7 @@ def test_hostile_frames_are_rejected_and_a_standalone_actor_joins(redis_server, 
             encode(wrong_shape, frame.meta),
             pickle.dumps(MakesMarker(str(marker))),  # ... but must never be unpickled here
         ]
-        client.rpush(queue_key, *hostile)
+        push_within_bound(client, prefix, hostile)
 
         def standalone_frame_seen():
             for data in client.lrange(queue_key, 0, -1):
