@@ -85,7 +85,8 @@ def env_and_fused_actor(sizes: list[int], seconds: float) -> list[dict]:
         env = DrivingVectorEnv(n, **dict(config.env.kwargs))
         obs, _ = env.reset(seed=0)
         step = env.pure_step()
-        unroll = jax.jit(fused_unroll_fn(s.policy, step, T, s.action_space))
+        gamma = config.learner.gamma
+        unroll = jax.jit(fused_unroll_fn(s.policy, step, T, s.action_space, gamma))
         carry = initial_carry(env.packed_state, jnp.asarray(obs), n, len(s.term_names))
         key = jax.random.PRNGKey(1)
         rows.append(

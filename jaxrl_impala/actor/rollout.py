@@ -43,13 +43,11 @@ def initial_carry(packed: Any, obs: Any, num_envs: int, num_terms: int) -> tuple
     """The carry of :func:`fused_unroll_fn` at the start of a run: the env's packed state and
     first observation, and every episode sum at zero."""
     B = num_envs
-    zeros = (np.zeros(B, np.float32), np.zeros(B, np.int32), np.zeros((B, num_terms), np.float32))
-    return (packed, obs, *zeros, np.zeros(B, np.float32))
+    ep_sums = (np.zeros(B, np.float32), np.zeros(B, np.int32), np.zeros((B, num_terms), np.float32))
+    return (packed, obs, *ep_sums, np.zeros(B, np.float32))  # last: the discounted return
 
 
-def fused_unroll_fn(
-    policy: Any, env_step: Any, T: int, action_space: gym.Space, gamma: float = 0.99
-):
+def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space, gamma: float):
     """One jittable function for a whole unroll of an env written in JAX.
 
     ``unroll(params, stats, carry, key) -> (key, carry, out)`` where ``carry`` is

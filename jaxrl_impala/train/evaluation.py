@@ -53,28 +53,21 @@ def evaluate(
         env.close()
 
 
-_REFERENCE_CACHE: dict[tuple, dict[str, float]] = {}
-
-
 def eval_references(config: Config) -> dict[str, float]:
     """What the hand-written drivers score on the trainer's evaluation seeds (DrivingEnv):
     ``{"eval_scripted_return": ..., "eval_random_return": ...}``, the reference lines of a
-    run's learning curve and TensorBoard. Computed once per config (a few seconds); ``{}``
+    run's learning curve and TensorBoard (a few seconds; the loop asks once per run); ``{}``
     for any other env."""
     if config.env.id != DRIVING_ENV_ID:
         return {}
     from jaxrl_impala.actor.envs import env_kwargs
     from jaxrl_impala.envs import reference_returns
 
-    kwargs = env_kwargs(config)
-    key = (config.eval.episodes, eval_seed(config), tuple(sorted(map(repr, kwargs.items()))))
-    if key not in _REFERENCE_CACHE:
-        ref = reference_returns(config.eval.episodes, seed=eval_seed(config), **kwargs)
-        _REFERENCE_CACHE[key] = {
-            "eval_scripted_return": float(ref["scripted"]),
-            "eval_random_return": float(ref["random"]),
-        }
-    return _REFERENCE_CACHE[key]
+    ref = reference_returns(config.eval.episodes, seed=eval_seed(config), **env_kwargs(config))
+    return {
+        "eval_scripted_return": float(ref["scripted"]),
+        "eval_random_return": float(ref["random"]),
+    }
 
 
 _GREEDY_CACHE: dict[int, Any] = {}

@@ -152,6 +152,7 @@ class TrainLoop:
         self._eval_future: Future | None = None
         self._eval_future_steps = 0  # the env steps its params were taken at
         self._last_eval_error = ""  # the last evaluation error printed with its traceback
+        self._references: dict[str, float] | None = None  # by the first evaluation
         now = time.monotonic()
         ce, ct = self.config.eval, self.config.train
         run.last_log, run.next_log, run.next_ckpt = (
@@ -343,6 +344,8 @@ class TrainLoop:
         at_steps, ce = self.run.env_steps, self.config.eval
 
         def job() -> dict:
+            if self._references is None:  # one evaluation job at a time: no race
+                self._references = eval_references(self.config)
             returns = evaluate(
                 self.config, self.s.policy, host[0], host[1], ce.episodes, eval_seed(self.config)
             )
@@ -352,7 +355,7 @@ class TrainLoop:
                 "eval_return_mean": float(returns.mean()),
                 "eval_return_std": float(returns.std()),
                 "eval_episodes": len(returns),
-                **eval_references(self.config),  # DrivingEnv: the scripted and random drivers
+                **self._references,  # DrivingEnv: the scripted and random drivers
             }
 
         return job
