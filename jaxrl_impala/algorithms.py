@@ -8,7 +8,9 @@ differentiates. The learner chooses the algorithm once, with :func:`make_algorit
 The data the learner hands both (every leaf ``[T(+1), N, ...]``, time-major):
   obs [T+1, N, ...], actions [T, N, ...], behaviour_logp [T, N], behaviour_dist [T, N, P],
   rewards [T, N] (scaled, clipped, truncation bootstraps folded in: :func:`prepare_rewards`),
-  discounts [T, N] (``gamma``, 0 at every episode end).
+  discounts [T, N] (``gamma``, 0 at every episode end); and for a recurrent policy
+  initial_core [1, N, C] (the state before step 0) and resets [T+1, N] (true where a step
+  starts an episode: the core is zeroed before it), see :func:`core_inputs`.
 """
 
 from __future__ import annotations
@@ -78,9 +80,39 @@ def prepare_rewards(batch: Data, lc: LearnerConfig) -> tuple[jax.Array, jax.Arra
     return rewards.astype(jnp.float32), discounts.astype(jnp.float32)
 
 
+def core_inputs(batch: Data) -> Data:
+    """A recurrent policy's ``initial_core [1, N, C]`` and ``resets [T+1, N]`` of a batch:
+    step ``t + 1`` starts an episode where step ``t`` ended one (terminated or truncated);
+    step 0 never resets, since ``initial_core`` was zeroed by the actor already. ``{}`` for
+    a batch without ``initial_core``."""
+    if batch.get("initial_core") is None:
+        return {}
+    done = batch["terminated"] | batch["truncated"]
+    resets = jnp.concatenate([jnp.zeros_like(done[:1]), done], axis=0)
+    return {"initial_core": batch["initial_core"], "resets": resets}
+
+
+def burn_in(policy: Policy, params, stats, data: Data, steps: int) -> Data:
+    """``data`` less its first ``steps`` steps, its ``initial_core`` the state the core
+    reaches over them (with ``params``, no gradient): the steps only warm up the state
+    (R2D2's burn-in, Kapturowski et al., 2019). Every time-major leaf is cut at ``steps``."""
+    warm = jax.tree.map(lambda x: x[:steps], data["obs"])
+    *_, core = policy.apply_core(
+        params, stats, warm, data["initial_core"][0], data["resets"][:steps]
+    )
+    out = {
+        k: (v if k == "initial_core" else jax.tree.map(lambda x: x[steps:], v))
+        for k, v in data.items()
+    }
+    out["initial_core"] = jax.lax.stop_gradient(core)[None]
+    return out
+
+
 def _heads(policy: Policy, params, stats, data: Data):
     """(dist over the T acting steps, values [T, N], bootstrap value [N])."""
-    dist, values, _ = policy.apply(params, stats, data["obs"])
+    core = data.get("initial_core")
+    core = None if core is None else core[0]
+    dist, values, _ = policy.apply(params, stats, data["obs"], core, data.get("resets"))
     head = jax.tree.map(lambda x: x[:-1], dist)
     return head, values[:-1], values[-1]
 

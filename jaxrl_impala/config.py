@@ -39,6 +39,9 @@ class EnvConfig:
     max_episode_steps: time limit (truncation); ``null`` keeps the env's own.
     frame_stack: observations of the last this many steps, concatenated along the last axis
       (Box observations; 1: off).
+    obs_indices: keep only these entries of a flat Box observation, in this order (``[]``:
+      all): a partially observed variant of any Box env, e.g. CartPole's positions without
+      its velocities, ``[0, 2]``. Applied before ``frame_stack``.
     """
 
     id: str = DRIVING_ENV_ID
@@ -46,6 +49,7 @@ class EnvConfig:
     kwargs: dict = dataclasses.field(default_factory=dict)
     max_episode_steps: int | None = None
     frame_stack: int = 1
+    obs_indices: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,14 @@ class NetworkConfig:
     shared_torso: one torso for policy and value, or a separate one each.
     squash: bound Box actions with tanh instead of clipping.
     log_std_init: initial log standard deviation of Gaussian policies.
+    core: ``none`` (feed-forward), ``lstm`` or ``gru``: a recurrent core after each torso and
+      before its head. Actors carry its state across steps and unrolls (zeroed after an
+      episode ends), each unroll carries the state at its first step, and the learner re-runs
+      the core from there (docs/recurrent.md).
+    core_size: the recurrent core's hidden units (with ``core`` not ``none``).
+    burn_in: the first steps of every unroll only warm up the recurrent state (with the
+      params the batch arrives at, no gradient) and are not trained on; 0: off. Must be less
+      than ``rollout.length``.
     """
 
     hidden: tuple[int, ...] = (64, 64)
@@ -92,6 +104,9 @@ class NetworkConfig:
     shared_torso: bool = False
     squash: bool = False
     log_std_init: float = -0.5
+    core: str = "none"
+    core_size: int = 64
+    burn_in: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +314,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "learner.lr_schedule": ("constant", "linear"),
     "learner.return_norm": ("none", "running"),
     "network.activation": ("tanh", "relu"),
+    "network.core": ("none", "lstm", "gru"),
     "transport.kind": ("shm", "redis"),
     "transport.overflow": ("block", "drop_oldest"),
     "train.mode": ("actors", "on_device"),
@@ -307,6 +323,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = {
     "env.num_envs",
     "env.frame_stack",
+    "network.core_size",
     "actors.num",
     "rollout.length",
     "learner.batch_unrolls",
@@ -552,6 +569,18 @@ def validate(config: Config) -> None:
             f"train.deterministic needs learner.batch_unrolls ({config.learner.batch_unrolls}) "
             f"to be a multiple of actors.num ({config.actors.num})"
         )
+    nc = config.network
+    if nc.burn_in < 0 or (nc.burn_in and nc.burn_in >= config.rollout.length):
+        raise ConfigError(
+            f"network.burn_in={nc.burn_in}: must be in 0..rollout.length-1 "
+            f"({config.rollout.length - 1}); the steps after it are the ones trained on"
+        )
+    if nc.burn_in and nc.core == "none":
+        raise ConfigError("network.burn_in warms up a recurrent state: set network.core too")
+    if len(set(config.env.obs_indices)) != len(config.env.obs_indices):
+        raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: an index repeats")
+    if any(i < 0 for i in config.env.obs_indices):
+        raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: must be >= 0")
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
     dc = config.distributed

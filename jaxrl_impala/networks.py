@@ -3,6 +3,13 @@
 Pure: the module maps (normalised) observations to the action distribution's parameters and
 a value. Observation normalisation statistics live outside the params (the learner keeps
 them and ships them to the actors with the params): see :func:`normalize_obs`.
+
+With ``network.core: lstm | gru`` a recurrent core sits after each torso and before its
+head. Its state is one float32 array ``[B, C]`` per env (:attr:`Policy.core_size`; an
+LSTM's ``(c, h)`` side by side), and every call takes a sequence ``[S, B, ...]`` with
+``resets [S, B]``: where ``resets[s]`` is true the state is zeroed before step ``s`` (the
+first step of an episode). An actor calls it with ``S = 1``; the learner with the whole
+unroll, ``S = T + 1``, from the state the unroll carries (docs/recurrent.md).
 """
 
 from __future__ import annotations
@@ -66,6 +73,40 @@ class Torso(nn.Module):
         return x
 
 
+_CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+
+
+def core_width(core: str, size: int) -> int:
+    """Width of one core's flat state: an LSTM's ``(c, h)`` is ``2 * size``, a GRU's ``h``
+    is ``size``; 0 without a core."""
+    return {"none": 0, "lstm": 2 * size, "gru": size}[core]
+
+
+class ResetCell(nn.Module):
+    """One step of a flax LSTM or GRU cell on a flat state ``[B, C]``, zeroed first where
+    ``reset [B]`` is true (the step starts an episode)."""
+
+    kind: str
+    size: int
+
+    @nn.compact
+    def __call__(self, state: jax.Array, inputs: tuple[jax.Array, jax.Array]):
+        x, reset = inputs
+        state = jnp.where(reset[:, None], 0.0, state)
+        cell = _CELLS[self.kind](self.size, name="cell")
+        if self.kind == "lstm":
+            (c, h), y = cell((state[:, : self.size], state[:, self.size :]), x)
+            return jnp.concatenate([c, h], -1), y
+        h, y = cell(state, x)
+        return h, y
+
+
+# The cell scanned over the time axis of ``(x [S, B, F], reset [S, B])``, params shared.
+ScannedCell = nn.scan(
+    ResetCell, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0
+)
+
+
 class ActorCritic(nn.Module):
     """Policy and value heads over one shared torso or two separate ones.
 
@@ -73,6 +114,7 @@ class ActorCritic(nn.Module):
       param_size: size of the action distribution's flat parameters.
       gaussian_dim: action dimensions of a Box space (0 otherwise): the head then emits
         the mean and a state-independent, learned log-std is appended.
+      core, core_size: the recurrent core (``none``, ``lstm``, ``gru``) after each torso.
     """
 
     param_size: int
@@ -81,14 +123,34 @@ class ActorCritic(nn.Module):
     activation: str
     shared_torso: bool
     log_std_init: float
+    core: str = "none"
+    core_size: int = 0
 
     @nn.compact
-    def __call__(self, obs: Any) -> tuple[jax.Array, jax.Array]:
-        """Maps obs [..., *obs_shape] to (dist_params [..., P], value [...])."""
+    def __call__(self, obs: Any, core: jax.Array | None = None, resets: jax.Array | None = None):
+        """``(dist_params [..., P], value [...], core)`` of obs ``[..., *obs_shape]``.
+
+        With a core, obs is a sequence ``[S, B, ...]``, ``core [B, C]`` the state before its
+        first step and ``resets [S, B]`` where to zero it; the returned core is the state
+        after the last step. Without one, ``core`` and ``resets`` are ignored (None back).
+        """
         pi_h = Torso(self.hidden, self.activation, name="torso_pi")(obs)
         v_h = (
             pi_h if self.shared_torso else Torso(self.hidden, self.activation, name="torso_v")(obs)
         )
+        new_core = None
+        if self.core != "none":
+            w = core_width(self.core, self.core_size)
+            pi_core, pi_h = ScannedCell(self.core, self.core_size, name="core_pi")(
+                core[:, :w], (pi_h, resets)
+            )
+            if self.shared_torso:
+                v_h, new_core = pi_h, pi_core
+            else:
+                v_core, v_h = ScannedCell(self.core, self.core_size, name="core_v")(
+                    core[:, w:], (v_h, resets)
+                )
+                new_core = jnp.concatenate([pi_core, v_core], -1)
         value = _dense(1, 1.0)(v_h)[..., 0]
         if self.gaussian_dim:
             mean = _dense(self.gaussian_dim, 0.01)(pi_h)
@@ -98,7 +160,7 @@ class ActorCritic(nn.Module):
             dist_params = jnp.concatenate([mean, jnp.broadcast_to(log_std, mean.shape)], -1)
         else:
             dist_params = _dense(self.param_size, 0.01)(pi_h)
-        return dist_params, value
+        return dist_params, value, new_core
 
 
 @flax.struct.dataclass
@@ -180,12 +242,50 @@ class Policy:
     make_dist: Callable = flax.struct.field(pytree_node=False)
     obs_norm: bool = flax.struct.field(pytree_node=False)
 
-    def apply(self, params, stats, obs):
-        """(dist, value [...]) for obs [..., *obs_shape]."""
-        dist_params, value = self.net.apply(
-            params, normalize_obs(stats if self.obs_norm else None, obs)
+    @property
+    def core_size(self) -> int:
+        """C, the width of one env's recurrent state (0: feed-forward)."""
+        per_torso = core_width(self.net.core, self.net.core_size)
+        return per_torso * (1 if self.net.shared_torso else 2)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.core_size > 0
+
+    def initial_core(self, num_envs: int) -> jax.Array | None:
+        """The state of ``num_envs`` fresh episodes, zeros ``[B, C]`` (None: no core)."""
+        return jnp.zeros((num_envs, self.core_size), jnp.float32) if self.recurrent else None
+
+    def init(self, key: jax.Array, obs_space: gym.Space) -> Any:
+        """Fresh params."""
+        if not self.recurrent:
+            return self.net.init(key, sample_obs(obs_space))
+        resets = jnp.zeros((1, 1), bool)
+        return self.net.init(key, sample_obs(obs_space, (1, 1)), self.initial_core(1), resets)
+
+    def apply(self, params, stats, obs, core=None, resets=None):
+        """``(dist, value [...], dist_params)`` for obs ``[..., *obs_shape]`` (a feed-forward
+        policy, or a recurrent one over a sequence: see :meth:`apply_core`)."""
+        return self.apply_core(params, stats, obs, core, resets)[:3]
+
+    def apply_core(self, params, stats, obs, core=None, resets=None):
+        """``(dist, value, dist_params, core)``. A recurrent policy takes obs ``[S, B, ...]``,
+        the state ``core [B, C]`` before step 0 and ``resets [S, B]`` (true: zero the state
+        before that step), and returns the state after step ``S - 1``."""
+        dist_params, value, core = self.net.apply(
+            params, normalize_obs(stats if self.obs_norm else None, obs), core, resets
         )
-        return self.make_dist(dist_params), value, dist_params
+        return self.make_dist(dist_params), value, dist_params, core
+
+    def step(self, params, stats, obs, core):
+        """One step of ``B`` envs, obs ``[B, ...]`` and state ``core [B, C]`` (None without a
+        core): ``(dist, value [B], dist_params [B, P], core after the step)``."""
+        if not self.recurrent:
+            return self.apply_core(params, stats, obs)
+        seq = jax.tree.map(lambda x: x[None], obs)
+        no_reset = jnp.zeros((1, core.shape[0]), bool)  # the caller zeroes after an episode
+        _, value, dist_params, core = self.apply_core(params, stats, seq, core, no_reset)
+        return self.make_dist(dist_params[0]), value[0], dist_params[0], core
 
 
 def make_policy(
@@ -201,6 +301,8 @@ def make_policy(
         activation=config.activation,
         shared_torso=config.shared_torso,
         log_std_init=config.log_std_init,
+        core=config.core,
+        core_size=config.core_size if config.core != "none" else 0,
     )
     return Policy(net, make_dist, obs_norm)
 
@@ -214,22 +316,26 @@ def sample_obs(obs_space: gym.Space, lead: tuple[int, ...] = (1,)) -> Any:
 
 # --------------------------------------------------------------------------- inference
 def policy_step_fn(policy: Policy, greedy: bool = False):
-    """``step(params, stats, obs [B, ...], key) -> (action, logp, dist_params, value)``: what
-    actors and evaluation call (greedy: the distribution's mode instead of a sample)."""
+    """``step(params, stats, obs [B, ...], core [B, C], key) -> (action, logp, dist_params,
+    value, core)``: what actors and evaluation call (greedy: the distribution's mode instead
+    of a sample). ``core`` is the recurrent state before the step and the one after it
+    (None for a feed-forward policy); the caller zeroes it where an episode ended."""
 
-    def step(params, stats, obs, key):
-        dist, value, dist_params = policy.apply(params, stats, obs)
+    def step(params, stats, obs, core, key):
+        dist, value, dist_params, core = policy.step(params, stats, obs, core)
         action = dist.mode() if greedy else dist.sample(key)
-        return action, dist.log_prob(action), dist_params, value
+        return action, dist.log_prob(action), dist_params, value, core
 
     return step
 
 
 def value_fn(policy: Policy):
-    """``value(params, stats, obs [B, ...]) -> [B]``."""
+    """``value(params, stats, obs [B, ...], core [B, C]) -> [B]``: the value of an
+    observation reached from the state ``core`` (a time-limit end's final observation, from
+    the state after the episode's last step)."""
 
-    def value(params, stats, obs):
-        return policy.apply(params, stats, obs)[1]
+    def value(params, stats, obs, core):
+        return policy.step(params, stats, obs, core)[1]
 
     return value
 
@@ -237,7 +343,7 @@ def value_fn(policy: Policy):
 def params_template(policy: Policy, obs_space: gym.Space) -> tuple[Any, ObsStats]:
     """The params and obs stats as ``jax.ShapeDtypeStruct`` trees, from tracing alone: the
     structure a receiver of published params unpacks them into."""
-    params = jax.eval_shape(policy.net.init, jax.random.PRNGKey(0), sample_obs(obs_space))
+    params = jax.eval_shape(lambda: policy.init(jax.random.PRNGKey(0), obs_space))
     return params, jax.eval_shape(lambda: init_obs_stats(obs_space))
 
 

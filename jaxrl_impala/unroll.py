@@ -45,6 +45,10 @@ class Unroll(NamedTuple):
       episode_length: int32 [T, B] its length (0 where none ended).
       episode_terms: float32 [T, B, K] per reward term, the episode's sum (envs reporting
         ``reward_terms``; None otherwise).
+      initial_core: float32 [1, B, C] a recurrent policy's state before step 0 (already
+        zeroed where step 0 starts an episode), from which the learner re-runs the core;
+        None for a feed-forward policy. Its time extent is 1 so that, as every field, its
+        columns are axis 1.
     """
 
     obs: Any
@@ -59,6 +63,7 @@ class Unroll(NamedTuple):
     episode_return: Any
     episode_length: Any
     episode_terms: Any = None
+    initial_core: Any = None
 
 
 # Fixed dtypes; ``obs`` and ``actions`` take the spaces' dtypes.
@@ -73,9 +78,11 @@ DTYPES: dict[str, Any] = {
     "episode_return": np.float32,
     "episode_length": np.int32,
     "episode_terms": np.float32,
+    "initial_core": np.float32,
 }
 
-# The fields the update reads; the episode statistics are for logging only.
+# The fields the update reads (and ``initial_core`` when present); the episode statistics
+# are for logging only.
 BATCH_FIELDS = (
     "obs",
     "actions",
@@ -110,6 +117,7 @@ FINITE_FIELDS = (
     "rewards",
     "truncation_value",
     "discounted_return",
+    "initial_core",
 )
 
 
@@ -125,7 +133,13 @@ def cast(unroll: Unroll) -> Unroll:
 
 
 def example(
-    T: int, B: int, obs_row: Any, action_row: Any, dist_size: int, num_terms: int
+    T: int,
+    B: int,
+    obs_row: Any,
+    action_row: Any,
+    dist_size: int,
+    num_terms: int,
+    core_size: int = 0,
 ) -> Unroll:
     """A zero unroll of the right shapes and dtypes (for frame specs and compiling ahead).
 
@@ -135,6 +149,7 @@ def example(
       action_row: one action batch ``[B, ...]`` (shape and dtype are read).
       dist_size: P, the behaviour distribution's parameter count.
       num_terms: K, reward terms the env reports (0: no ``episode_terms``).
+      core_size: C, a recurrent policy's state width (0: no ``initial_core``).
     """
     zeros = lambda shape, dtype: np.zeros(shape, dtype)  # noqa: E731
     obs = jax.tree.map(lambda x: zeros((T + 1, *x.shape), x.dtype), obs_row)
@@ -151,6 +166,7 @@ def example(
         episode_return=zeros((T, B), DTYPES["episode_return"]),
         episode_length=zeros((T, B), DTYPES["episode_length"]),
         episode_terms=zeros((T, B, num_terms), DTYPES["episode_terms"]) if num_terms else None,
+        initial_core=zeros((1, B, core_size), DTYPES["initial_core"]) if core_size else None,
     )
 
 
@@ -182,6 +198,8 @@ def batch_from_frame(arrays: dict[str, Any]) -> dict[str, Any]:
     :data:`BATCH_FIELDS`, ``obs`` a pytree for dict observations."""
     batch = {name: arrays[name] for name in BATCH_FIELDS if name != "obs"}
     batch["obs"] = obs_from_fields(arrays)
+    if "initial_core" in arrays:
+        batch["initial_core"] = arrays["initial_core"]
     return batch
 
 

@@ -32,7 +32,7 @@ ACTIONS = [
 @pytest.mark.parametrize("action_space", ACTIONS, ids=["discrete", "box", "multidiscrete"])
 def test_policy_shapes(obs_space, action_space):
     policy = make_policy(obs_space, action_space, NetworkConfig(hidden=(8,)), obs_norm=True)
-    params = policy.net.init(jax.random.PRNGKey(0), sample_obs(obs_space))
+    params = policy.init(jax.random.PRNGKey(0), obs_space)
     stats = init_obs_stats(obs_space)
     obs = sample_obs(obs_space, (3, 4))  # [T, B, ...]
     dist, value, dist_params = policy.apply(params, stats, obs)

@@ -11,13 +11,22 @@ from jaxrl_impala.envs import ENV_ID, REWARD_TERMS
 
 
 def make_vector_env(config: Config, num_envs: int, **extra: Any) -> gym.vector.VectorEnv:
-    """The vector env of ``config.env`` with same-step autoreset (and frame stacking when
-    ``env.frame_stack > 1``); ``extra`` adds constructor options (e.g. ``render_mode``).
+    """The vector env of ``config.env`` with same-step autoreset (observations cut to
+    ``env.obs_indices`` when given, and frame stacking when ``env.frame_stack > 1``);
+    ``extra`` adds constructor options (e.g. ``render_mode``).
 
     ``DrivingVectorEnv`` steps all envs as arrays; any other gymnasium id runs in a
     ``SyncVectorEnv``. A bad id is a one-line error naming it.
     """
     env = _make_vector_env(config, num_envs, **extra)
+    if config.env.obs_indices:
+        from jaxrl_impala.envs.wrappers import ObsIndices
+
+        try:
+            env = ObsIndices(env, config.env.obs_indices)
+        except ValueError as e:
+            env.close()
+            raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: {e}") from None
     if config.env.frame_stack > 1:
         from jaxrl_impala.envs.wrappers import FrameStack
 

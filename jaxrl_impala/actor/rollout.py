@@ -39,24 +39,31 @@ def restart_seed(seed: int, actor_id: int, incarnation: int) -> int:
     return (1 << 30) + int(state) % (1 << 29)
 
 
-def initial_carry(packed: Any, obs: Any, num_envs: int, num_terms: int) -> tuple:
+def initial_carry(
+    packed: Any, obs: Any, num_envs: int, num_terms: int, core_size: int = 0
+) -> tuple:
     """The carry of :func:`fused_unroll_fn` at the start of a run: the env's packed state and
-    first observation, and every episode sum at zero."""
+    first observation, every episode sum at zero, and a recurrent policy's zero state
+    ``[B, C]`` (None for a feed-forward one)."""
     B = num_envs
     ep_sums = (np.zeros(B, np.float32), np.zeros(B, np.int32), np.zeros((B, num_terms), np.float32))
-    return (packed, obs, *ep_sums, np.zeros(B, np.float32))  # last: the discounted return
+    core = np.zeros((B, core_size), np.float32) if core_size else None
+    return (packed, obs, *ep_sums, np.zeros(B, np.float32), core)
 
 
 def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space, gamma: float):
     """One jittable function for a whole unroll of an env written in JAX.
 
     ``unroll(params, stats, carry, key) -> (key, carry, out)`` where ``carry`` is
-    ``(packed, obs, ep_return [B], ep_length [B], ep_terms [B, K], discounted [B])``
+    ``(packed, obs, ep_return [B], ep_length [B], ep_terms [B, K], discounted [B], core)``
     (:func:`initial_carry`) and ``env_step`` is a pure step such as
     :meth:`DrivingVectorEnv.pure_step`. ``out`` is an :class:`Unroll` whose ``obs`` lacks the
     last row (the returned ``carry[1]``). Step t samples with ``split(key, T + 1)[t + 1]``
     and the returned key is ``[0]``, as the stepwise path does. ``gamma`` discounts the
-    ``discounted_return`` field (``learner.gamma``).
+    ``discounted_return`` field (``learner.gamma``). A recurrent policy's state is the
+    carry's ``core``: ``out.initial_core`` is its value before step 0, it is zeroed after
+    every step that ends an episode, and a time-limit end's value is that of the final
+    observation from the state the episode reached.
     """
     act = policy_step_fn(policy)
     value = value_fn(policy)
@@ -65,14 +72,14 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space,
         keys = jax.random.split(key, T + 1)
 
         def body(carry, k):
-            packed, obs, ep_return, ep_length, ep_terms, discounted = carry
-            action, logp, dist, _ = act(params, stats, obs, k)
+            packed, obs, ep_return, ep_length, ep_terms, discounted, core = carry
+            action, logp, dist, _, core = act(params, stats, obs, core, k)
             to_env = clip_to_space(action, action_space)
             packed, next_obs, final_obs, reward, term, trunc, terms = env_step(packed, to_env)
             cut = trunc & ~term
             trunc_value = jax.lax.cond(  # the value net only on steps where an episode was cut
                 cut.any(),
-                lambda: jnp.where(cut, value(params, stats, final_obs), 0.0),
+                lambda: jnp.where(cut, value(params, stats, final_obs, core), 0.0),
                 lambda: jnp.zeros(cut.shape, jnp.float32),
             )
             ep_return = ep_return + reward
@@ -97,13 +104,25 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space,
             ep_return = jnp.where(done, 0.0, ep_return)
             ep_length = jnp.where(done, 0, ep_length)
             ep_terms = jnp.where(done[:, None], 0.0, ep_terms)
-            carry = (packed, next_obs, ep_return, ep_length, ep_terms, discounted)
+            core = reset_core(core, done)
+            carry = (packed, next_obs, ep_return, ep_length, ep_terms, discounted, core)
             return carry, unroll_lib.cast(row)
 
+        core0 = carry[-1]
         carry, out = jax.lax.scan(body, carry, keys[1:])
+        if core0 is not None:
+            out = out._replace(initial_core=core0[None])
         return keys[0], carry, out
 
     return unroll
+
+
+def reset_core(core: Any, done: Any) -> Any:
+    """A recurrent state ``[B, C]`` zeroed where ``done [B]`` (numpy or jax; None stays)."""
+    if core is None:
+        return None
+    xp = np if isinstance(core, np.ndarray) else jnp
+    return xp.where(done[:, None], 0.0, core).astype(np.float32)
 
 
 def params_frame_spec(params_template: Any, stats_template: Any) -> FrameSpec:
@@ -163,7 +182,9 @@ class Rollout:
                     self.policy, self.env.pure_step(), self.T, self.action_space, self.gamma
                 )
             )
-            carry = initial_carry(self.env.packed_state, obs, self.B, len(self.term_names))
+            carry = initial_carry(
+                self.env.packed_state, obs, self.B, len(self.term_names), self.policy.core_size
+            )
             self._carry = jax.tree.map(jnp.asarray, carry)
         else:
             self._step = jax.jit(policy_step_fn(self.policy))
@@ -173,6 +194,8 @@ class Rollout:
             self.ep_length = np.zeros(self.B, np.int64)
             self.ep_terms = np.zeros((self.B, len(self.term_names)), np.float64)
             self.discounted = np.zeros(self.B, np.float32)
+            core = self.policy.initial_core(self.B)
+            self.core = None if core is None else np.asarray(core)
 
     def warm_up(self) -> None:
         """Compiles the jitted policy calls now, on zero params, so that the first unroll
@@ -186,8 +209,8 @@ class Rollout:
         else:  # called with a numpy row of the unroll's split keys
             jax.block_until_ready(jax.random.split(self.key, self.T + 1))
             key = np.asarray(self.key)
-            jax.block_until_ready(self._step(params, stats, self.obs, key))
-            jax.block_until_ready(self._value(params, stats, self.obs))
+            jax.block_until_ready(self._step(params, stats, self.obs, self.core, key))
+            jax.block_until_ready(self._value(params, stats, self.obs, self.core))
 
     def set_params(self, arrays: dict[str, np.ndarray]) -> None:
         """Acts with `arrays` (`unroll.params_to_frame`'s fields) from now on.
@@ -239,10 +262,11 @@ class Rollout:
         # One split per unroll instead of one per step: a dispatch saved on every env step.
         keys = np.asarray(jax.random.split(self.key, T + 1))
         self.key = keys[0]
+        initial_core = self.core
         for t in range(T):
             obs_rows.append(self.obs)
-            action, logp, dist, _ = jax.device_get(
-                self._step(self.params, self.stats, self.obs, keys[t + 1])
+            action, logp, dist, _, core = jax.device_get(
+                self._step(self.params, self.stats, self.obs, self.core, keys[t + 1])
             )
             act_rows.append(action)
             logp_rows.append(logp)
@@ -253,7 +277,7 @@ class Rollout:
             cut = trunc & ~term
             if cut.any():
                 final = final_observations(info, obs, cut)
-                values = np.asarray(self._value(self.params, self.stats, final))
+                values = np.asarray(self._value(self.params, self.stats, final, core))
                 cols["truncation_value"][t] = np.where(cut, values, 0.0)
             self.ep_return += reward
             self.ep_length += 1
@@ -261,6 +285,7 @@ class Rollout:
                 terms = info["reward_terms"]
                 self.ep_terms += np.stack([np.asarray(terms[k]) for k in self.term_names], -1)
             done = term | trunc
+            self.core = reset_core(core, done)
             cols["discounted_return"][t] = self.gamma * self.discounted + reward
             self.discounted = np.where(done, 0.0, cols["discounted_return"][t])
             if done.any():
@@ -278,5 +303,6 @@ class Rollout:
             behaviour_logp=np.stack(logp_rows),
             behaviour_dist=np.stack(dist_rows),
             **cols,
+            initial_core=None if initial_core is None else initial_core[None],
         )
         return unroll_lib.cast(out)

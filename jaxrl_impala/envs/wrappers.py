@@ -80,3 +80,69 @@ class FrameStack(gym.vector.VectorWrapper):
             frames[done] = np.repeat(obs[done][:, None], self.k, axis=1)
         self._frames = frames
         return self._stacked(frames), reward, term, trunc, info
+
+
+class ObsIndices(gym.vector.VectorWrapper):
+    """Keeps entries ``indices`` (in that order) of a flat Box observation: ``[D]`` becomes
+    ``[len(indices)]``. A partially observed variant of any Box env (CartPole's positions
+    without their velocities: ``[0, 2]``), for memory tests. ``info["final_obs"]`` is cut the
+    same way. An env with a pure JAX step (``pure_step()``, ``packed_state``) keeps one.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, indices: tuple[int, ...]):
+        super().__init__(env)
+        space = env.single_observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"observation indices need a flat Box observation, got {space}")
+        bad = [i for i in indices if not 0 <= i < space.shape[0]]
+        if bad or not indices:
+            raise ValueError(
+                f"indices {list(indices)} out of range for observations of size {space.shape[0]}"
+            )
+        self.indices = np.asarray(indices, np.int64)
+        self.single_observation_space = gym.spaces.Box(
+            space.low[self.indices], space.high[self.indices], dtype=space.dtype
+        )
+        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+
+    def _cut(self, obs: Any) -> Any:
+        return obs[..., self.indices]
+
+    def reset(self, *, seed: Any = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._cut(np.asarray(obs)), info
+
+    def step(self, actions):
+        obs, reward, term, trunc, info = self.env.step(actions)
+        final = info.get("final_obs")
+        if final is not None:
+            done = np.asarray(term, bool) | np.asarray(trunc, bool)
+            info = dict(info)
+            info["final_obs"] = self._cut(np.asarray(final_observations(info, obs, done)))
+        return self._cut(np.asarray(obs)), reward, term, trunc, info
+
+    @property
+    def pure_step(self):
+        """The inner env's ``pure_step`` with its observations cut (AttributeError when the
+        inner env has none, so ``hasattr(env, "pure_step")`` tells)."""
+        inner = self.env.pure_step
+        indices = self.indices
+
+        def make():
+            step = inner()
+
+            def cut_step(packed, actions):
+                packed, obs, final_obs, *rest = step(packed, actions)
+                return (packed, obs[..., indices], final_obs[..., indices], *rest)
+
+            return cut_step
+
+        return make
+
+    @property
+    def packed_state(self):
+        return self.env.packed_state
+
+    @packed_state.setter
+    def packed_state(self, packed) -> None:
+        self.env.packed_state = packed

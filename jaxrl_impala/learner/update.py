@@ -1,7 +1,9 @@
 """TrainState and ONE jit-compiled update for appo, impala and ppo.
 
 The batch is an `Unroll`'s update fields (`unroll.BATCH_FIELDS`), time-major: ``[T+1, N]``
-observations and ``[T, N]`` everything else, with the N columns sharded over a 1-D
+observations, ``[T, N]`` everything else (and ``[1, N, C]`` for a recurrent policy's
+``initial_core``: the learner re-runs the core over ``[T+1, N]`` from it, resetting where
+the actors did, `algorithms.core_inputs`), with the N columns sharded over a 1-D
 ``jax.sharding.Mesh`` (`learner.mesh`), params replicated; XLA inserts the gradient
 all-reduce. The algorithm's loss (`algorithms`) is chosen once; epochs and minibatches run
 under ``lax.scan``; minibatches are cut with `stratified_permutation`, which never splits T,
@@ -20,10 +22,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_impala.algorithms import Algorithm, make_algorithm, prepare_rewards
+from jaxrl_impala.algorithms import (
+    Algorithm,
+    burn_in,
+    core_inputs,
+    make_algorithm,
+    prepare_rewards,
+)
 from jaxrl_impala.config import Config, derived_sizes, update_passes
 from jaxrl_impala.core.normalization import Moments, init_moments, scale_rewards, update_moments
-from jaxrl_impala.networks import ObsStats, Policy, init_obs_stats, sample_obs, update_obs_stats
+from jaxrl_impala.networks import ObsStats, Policy, init_obs_stats, update_obs_stats
 
 
 @flax.struct.dataclass
@@ -50,7 +58,7 @@ def make_optimizer(config: Config, total_updates: int) -> optax.GradientTransfor
 
 def _init_fn(policy: Policy, obs_space, optimizer: optax.GradientTransformation, return_norm: str):
     def init(key):
-        params = policy.net.init(key, sample_obs(obs_space))
+        params = policy.init(key, obs_space)
         return TrainState(
             params,
             optimizer.init(params),
@@ -192,7 +200,10 @@ def make_update(
             "behaviour_dist": batch["behaviour_dist"],
             "rewards": rewards,
             "discounts": discounts,
+            **core_inputs(batch),
         }
+        if config.network.burn_in:
+            data = burn_in(policy, state.params, state.obs_stats, data, config.network.burn_in)
         data = algorithm.prepare(state.params, state.obs_stats, data)
 
         def epoch(state, key):

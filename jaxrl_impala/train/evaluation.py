@@ -22,16 +22,16 @@ def evaluate(
     ``ends``, when given, is filled (DrivingEnv) with how many episodes ended in a
     ``collision``, ``offroad``, at the ``route_end`` or at the ``time_limit``."""
     env = make_vector_env(config, episodes)
-    step = _greedy_actor(policy)
+    act = GreedyActor(policy, env.single_action_space, episodes)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
         done = np.zeros(episodes, bool)
-        space = env.single_action_space
         limit = config.env.max_episode_steps or 100_000
         for _ in range(limit + 1):
-            obs, reward, term, trunc, info = env.step(step(params, stats, obs, space))
+            obs, reward, term, trunc, info = env.step(act(params, stats, obs))
             term = np.asarray(term, bool)
+            act.episodes_ended(term | np.asarray(trunc, bool))
             returns += np.where(done, 0.0, reward)
             ending = ~done & (term | np.asarray(trunc, bool))
             if ends is not None and "collision" in info:
@@ -75,19 +75,31 @@ _NO_KEY = np.zeros(2, np.uint32)  # the greedy policy draws nothing
 
 
 def greedy_step(policy):
-    """The jitted greedy ``step(params, stats, obs, key)``, one per policy."""
+    """The jitted greedy ``step(params, stats, obs, core, key)``, one per policy."""
     key = id(policy)
     if key not in _GREEDY_CACHE:
         _GREEDY_CACHE[key] = jax.jit(policy_step_fn(policy, greedy=True))
     return _GREEDY_CACHE[key]
 
 
-def _greedy_actor(policy):
-    """``act(params, stats, obs, space) -> action`` as the env takes it."""
-    step = greedy_step(policy)
-    return lambda params, stats, obs, space: clip_to_space(
-        np.asarray(step(params, stats, obs, _NO_KEY)[0]), space
-    )
+class GreedyActor:
+    """``act(params, stats, obs) -> action`` as the env takes it, for ``num_envs`` envs; a
+    recurrent policy's state is carried from step to step, as the actors carry it, and
+    zeroed by :meth:`episodes_ended` (call it after every env step)."""
+
+    def __init__(self, policy, space, num_envs: int):
+        self.step, self.space = greedy_step(policy), space
+        core = policy.initial_core(num_envs)
+        self.core = None if core is None else np.asarray(core)
+
+    def __call__(self, params, stats, obs):
+        action, *_, core = self.step(params, stats, obs, self.core, _NO_KEY)
+        self.core = None if core is None else np.asarray(core)
+        return clip_to_space(np.asarray(action), self.space)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        if self.core is not None:
+            self.core = np.where(np.asarray(done, bool)[:, None], 0.0, self.core).astype(np.float32)
 
 
 def eval_seed(config: Config) -> int:
@@ -102,7 +114,9 @@ def compile_eval_step(policy, obs_space, shapes, episodes: int) -> None:
     host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
     key = jax.ShapeDtypeStruct((2,), np.uint32)  # jax.random.PRNGKey(0)
     obs = jax.eval_shape(lambda: sample_obs(obs_space, (episodes,)))
-    greedy_step(policy).lower(host(shapes.params), host(shapes.obs_stats), obs, key).compile()
+    core = jax.eval_shape(lambda: policy.initial_core(episodes))
+    step = greedy_step(policy)
+    step.lower(host(shapes.params), host(shapes.obs_stats), obs, core, key).compile()
 
 
 def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int) -> bool:
@@ -111,15 +125,14 @@ def write_eval_gif(config: Config, policy, params, stats, path: Path, seed: int)
         return False
     from jaxrl_impala.envs import write_gif
 
-    step = _greedy_actor(policy)
     frames = []
     env = make_vector_env(config, 1, render_mode="rgb_array")
+    act = GreedyActor(policy, env.single_action_space, 1)
     try:
         obs, _ = env.reset(seed=seed)
-        space = env.single_action_space
         while True:
             frames.append(env.render())
-            obs, _, term, trunc, _ = env.step(step(params, stats, obs, space))
+            obs, _, term, trunc, _ = env.step(act(params, stats, obs))
             if term[0] or trunc[0]:
                 frames.append(env.render())
                 break

@@ -62,7 +62,7 @@ class OnDeviceBatches:
         obs, _ = env.reset(seed=seed)
         rows = NamedSharding(s.mesh, P("data"))  # [N, ...]: the envs over the devices
         columns = NamedSharding(s.mesh, P(None, "data"))  # [T(+1), N, ...]
-        carry = initial_carry(env.packed_state, obs, n, len(s.term_names))
+        carry = initial_carry(env.packed_state, obs, n, len(s.term_names), s.policy.core_size)
         self._carry = jax.device_put(carry, rows)
         key = jax.random.PRNGKey(config.train.seed * 7919 + 104729)
         if incarnation:

@@ -93,14 +93,23 @@ class Setup:
         T, B = self.config.rollout.length, self.config.env.num_envs
 
         def action_and_dist_params():
-            params = self.policy.net.init(jax.random.PRNGKey(0), sample_obs(self.obs_space))
-            dist, _, dist_params = self.policy.apply(params, None, sample_obs(self.obs_space, (B,)))
+            params = self.policy.init(jax.random.PRNGKey(0), self.obs_space)
+            obs, core = sample_obs(self.obs_space, (B,)), self.policy.initial_core(B)
+            dist, _, dist_params, _ = self.policy.step(params, None, obs, core)
             return dist.sample(jax.random.PRNGKey(0)), dist_params
 
         # Shapes and dtypes only: nothing is computed (or compiled).
         action, dist_params = jax.eval_shape(action_and_dist_params)
         obs_row = jax.eval_shape(lambda: sample_obs(self.obs_space, (B,)))
-        return unroll.example(T, B, obs_row, action, dist_params.shape[-1], len(self.term_names))
+        return unroll.example(
+            T,
+            B,
+            obs_row,
+            action,
+            dist_params.shape[-1],
+            len(self.term_names),
+            self.policy.core_size,
+        )
 
     def frame_spec(self) -> tuple[FrameSpec, int]:
         """The spec every unroll frame must match (`unroll.frame_spec`: layout, metadata,

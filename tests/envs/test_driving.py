@@ -214,14 +214,14 @@ def test_pedestrian_tracks_match_a_loop_over_pedestrians():
 def test_evaluation_counts_how_each_episode_ended(vec_env):
     from jaxrl_impala.actor.envs import env_spaces
     from jaxrl_impala.config import load_config
-    from jaxrl_impala.networks import make_policy, sample_obs
+    from jaxrl_impala.networks import make_policy
     from jaxrl_impala.train.evaluation import evaluate, greedy_step
 
     kwargs = ",".join(f"{k}: {v}" for k, v in SHORT.items())
     config = load_config(None, [f"env.kwargs={{{kwargs}}}", "network.hidden=[8]"])
     obs_space, action_space, _ = env_spaces(config)
     policy = make_policy(obs_space, action_space, config.network, obs_norm=False)
-    params = policy.net.init(jax.random.PRNGKey(3), sample_obs(obs_space))
+    params = policy.init(jax.random.PRNGKey(3), obs_space)
     ends: dict = {}
     # the fixture's config and batch: the env step is already compiled
     returns = evaluate(config, policy, params, None, NUM_ENVS, seed=0, ends=ends)
@@ -233,7 +233,7 @@ def test_evaluation_counts_how_each_episode_ended(vec_env):
     want = dict.fromkeys(ends, 0)
     ret, done = np.zeros(NUM_ENVS), np.zeros(NUM_ENVS, bool)
     while not done.all():
-        action = np.clip(np.asarray(step(params, None, obs, jax.random.PRNGKey(0))[0]), -1, 1)
+        action = np.clip(np.asarray(step(params, None, obs, None, jax.random.PRNGKey(0))[0]), -1, 1)
         obs, r, term, trunc, info = vec_env.step(action)
         for i in np.flatnonzero(~done & (term | trunc)):
             kind = (

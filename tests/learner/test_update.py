@@ -176,9 +176,8 @@ def bandit_batch(rng, policy, state):
     """One-step episodes: action 1 pays 1, action 0 pays 0. Actions from the current policy."""
     obs = rng.uniform(-1, 1, (T + 1, N, 3)).astype(np.float32)
     step = policy_step_fn(policy)
-    action, logp, dist, _ = step(
-        state.params, state.obs_stats, obs[:T], jax.random.PRNGKey(int(rng.integers(1 << 30)))
-    )
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    action, logp, dist, _, _ = step(state.params, state.obs_stats, obs[:T], None, key)
     action = np.asarray(action)
     return {
         "obs": obs,
