@@ -15,6 +15,11 @@ Network and sizes: `configs/driving.yaml` (APPO, MLP [128, 128], T=32, obs norma
 built by `jaxrl_impala.train.setup.setup` as a training run builds it, so the observations
 and actions are those of the env the config names (vector observations, continuous 3-d
 actions). Batch sizes are columns (unrolls x envs); samples = T x columns.
+
+Recurrent cores (``--cores none,lstm,gru``): the same network with ``network.core`` set
+(``core_size`` 64 after each torso); the table's ``vs mlp`` column is each core's update
+time per sample over the MLP's (``none``) at the same devices and columns, measured in the
+same worker.
 """
 
 from __future__ import annotations
@@ -56,12 +61,16 @@ def random_batch(s, rng: np.random.Generator) -> dict:
         "truncation_value": np.zeros(shapes["truncation_value"], np.float32),
         "discounted_return": rng.normal(size=shapes["discounted_return"]).astype(np.float32),
     }
-    assert set(batch) == set(unroll.BATCH_FIELDS), "the update's batch fields changed"
+    if "initial_core" in shapes:
+        batch["initial_core"] = rng.normal(size=shapes["initial_core"]).astype(np.float32)
+    fields = set(unroll.BATCH_FIELDS) - ({"initial_core"} - set(shapes))
+    assert set(batch) == fields, "the update's batch fields changed"
     return batch
 
 
-def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
-    """Runs in a subprocess that sees ``devices`` devices; returns one row per batch size."""
+def worker(devices: int, batch_sizes: list[int], iters: int, cores: list[str]) -> dict:
+    """Runs in a subprocess that sees ``devices`` devices; returns one row per batch size and
+    core."""
     import jax
 
     from jaxrl_impala.config import load_config
@@ -70,7 +79,7 @@ def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
     from jaxrl_impala.unroll import params_to_frame
 
     rows = []
-    for columns in batch_sizes:
+    for columns, core in [(c, k) for c in batch_sizes for k in cores]:
         num_envs = load_config(CONFIG).env.num_envs
         config = load_config(
             CONFIG,
@@ -78,6 +87,7 @@ def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
                 f"learner.batch_unrolls={max(1, columns // num_envs)}",
                 f"learner.num_devices={devices}",
                 "actors.num=1",
+                f"network.core={core}",
             ],
         )
         T = config.rollout.length
@@ -105,6 +115,7 @@ def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
         rows.append(
             {
                 "devices": devices,
+                "core": core,
                 "columns": n,
                 "samples_per_update": samples,
                 "h2d_ms": 1e3 * med["h2d"],
@@ -119,7 +130,8 @@ def worker(devices: int, batch_sizes: list[int], iters: int) -> dict:
                 "device_kind": jax.devices()[0].device_kind,
             }
         )
-        print(f"  {devices} device(s), {n} columns: {rows[-1]['update_ms']:.1f} ms", flush=True)
+        ms = rows[-1]["update_ms"]
+        print(f"  {devices} device(s), {n} columns, core {core}: {ms:.1f} ms", flush=True)
     return {"rows": rows}
 
 
@@ -137,7 +149,9 @@ def probe_backend() -> tuple[str, int]:
     return backend, int(count)
 
 
-def run_devices(devices: int, batch_sizes: list[int], iters: int, force_cpu: bool) -> list:
+def run_devices(
+    devices: int, batch_sizes: list[int], iters: int, force_cpu: bool, cores: list[str]
+) -> list:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     if force_cpu:
@@ -153,6 +167,8 @@ def run_devices(devices: int, batch_sizes: list[int], iters: int, force_cpu: boo
             ",".join(map(str, batch_sizes)),
             "--iters",
             str(iters),
+            "--cores",
+            ",".join(cores),
         ],
         env=env,
         cwd=ROOT,
@@ -169,21 +185,26 @@ def run_devices(devices: int, batch_sizes: list[int], iters: int, force_cpu: boo
 
 
 def print_table(rows: list[dict]) -> None:
-    base = {r["columns"]: r for r in rows if r["devices"] == 1}
+    base = {(r["columns"], r["core"]): r for r in rows if r["devices"] == 1}
+    mlp = {(r["devices"], r["columns"]): r for r in rows if r["core"] == "none"}
     head = (
-        f"{'backend':>7} {'dev':>3} {'columns':>7} {'samples':>7} {'h2d ms':>8} "
-        f"{'update ms':>9} {'publish ms':>10} {'update sps':>11} {'total sps':>10} {'vs 1 dev':>8}"
+        f"{'backend':>7} {'dev':>3} {'core':>4} {'columns':>7} {'samples':>7} {'h2d ms':>8} "
+        f"{'update ms':>9} {'publish ms':>10} {'update sps':>11} {'total sps':>10} {'vs 1 dev':>8} "
+        f"{'vs mlp':>6}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
-        one = base.get(r["columns"])
+        one = base.get((r["columns"], r["core"]))
         ratio = r["update_samples_per_s"] / one["update_samples_per_s"] if one else float("nan")
+        ff = mlp.get((r["devices"], r["columns"]))
+        cost = r["update_ms"] / ff["update_ms"] if ff else float("nan")  # per sample, same n
         print(
-            f"{r['backend']:>7} {r['devices']:>3} {r['columns']:>7} {r['samples_per_update']:>7} "
+            f"{r['backend']:>7} {r['devices']:>3} {r['core']:>4} {r['columns']:>7} "
+            f"{r['samples_per_update']:>7} "
             f"{r['h2d_ms']:>8.2f} {r['update_ms']:>9.1f} {r['publish_ms']:>10.2f} "
             f"{r['update_samples_per_s']:>11.0f} {r['total_samples_per_s']:>10.0f} "
-            f"{ratio:>7.2f}x"
+            f"{ratio:>7.2f}x {cost:>5.2f}x"
         )
 
 
@@ -196,14 +217,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--devices", default="1,2,4", help="device counts, e.g. 1,2,4")
     parser.add_argument("--batch-sizes", help="columns per update, e.g. 64,256,1024")
     parser.add_argument("--iters", type=int, help="timed updates per case (after 2 warm-ups)")
+    parser.add_argument(
+        "--cores", help="network.core values, e.g. none,lstm,gru (default; --quick: none,lstm)"
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    cores = (args.cores or ("none,lstm" if args.quick else "none,lstm,gru")).split(",")
     batch_sizes = [
         int(x) for x in (args.batch_sizes or ("64,256" if args.quick else "64,256,1024")).split(",")
     ]
     iters = args.iters or (3 if args.quick else 8)
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, batch_sizes, iters)))
+        print(json.dumps(worker(args.worker, batch_sizes, iters, cores)))
         return {}
 
     backend, count = probe_backend()
@@ -216,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"learner_bench: backend {backend}{' (forced CPU devices)' if force_cpu else ''}")
     rows = []
     for d in devices:
-        rows += run_devices(d, batch_sizes, iters, force_cpu)
+        rows += run_devices(d, batch_sizes, iters, force_cpu, cores)
     print()
     print_table(rows)
     result = {

@@ -20,8 +20,10 @@ FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 # Wall-clock quantities differ run to run; every other numeric key must match.
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 T, N, UPDATES = 4, 16, 4
-# Each algorithm, and APPO with the running return normaliser (its moments are compared too).
-VARIANTS = ["appo", "ppo", "impala", "appo+running"]
+# Each algorithm, APPO with the running return normaliser (its moments are compared too),
+# and recurrent cores (APPO with an LSTM and a burn-in, PPO with a GRU).
+VARIANTS = ["appo", "ppo", "impala", "appo+running", "appo+lstm", "ppo+gru"]
+CORE_SIZE = 4
 
 
 def four_device_env() -> dict[str, str]:
@@ -29,13 +31,16 @@ def four_device_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- the worker
-def _random_batch(rng: np.random.Generator) -> dict:
-    """A CartPole-like batch: 3-d obs, 2 actions, some episode ends and truncations."""
+def _random_batch(rng: np.random.Generator, core_size: int = 0) -> dict:
+    """A CartPole-like batch: 3-d obs, 2 actions, some episode ends and truncations (and a
+    recurrent state at step 0 given ``core_size``)."""
     actions = rng.integers(0, 2, (T, N)).astype(np.int32)
     logits = rng.normal(size=(T, N, 2)).astype(np.float32)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     truncated = rng.random((T, N)) < 0.1
+    core = {"initial_core": rng.normal(size=(1, N, core_size)).astype(np.float32)}
     return {
+        **(core if core_size else {}),
         "obs": rng.normal(size=(T + 1, N, 3)).astype(np.float32),
         "actions": actions,
         "behaviour_logp": np.take_along_axis(logp, actions[..., None], -1)[..., 0],
@@ -63,12 +68,16 @@ def worker() -> dict:
     act_space = gym.spaces.Discrete(2)
     out: dict = {"params": {}, "collectives": {}}
     for variant in VARIANTS:
-        algo, _, return_norm = variant.partition("+")
+        algo, _, extra = variant.partition("+")
+        core = extra if extra in ("lstm", "gru") else "none"
         config = load_config(
             None,
             [
                 f"learner.algo={algo}",
-                f"learner.return_norm={return_norm or 'none'}",
+                f"learner.return_norm={'running' if extra == 'running' else 'none'}",
+                f"network.core={core}",
+                f"network.core_size={CORE_SIZE}",
+                f"network.burn_in={1 if core == 'lstm' else 0}",
                 f"env.num_envs={N // 2}",
                 "learner.batch_unrolls=2",
                 "learner.minibatches=2",
@@ -91,7 +100,7 @@ def worker() -> dict:
             state = jax.device_put(state, replicated)
             rng = np.random.default_rng(0)
             for i in range(UPDATES):
-                batch = put_batch(_random_batch(rng))
+                batch = put_batch(_random_batch(rng, policy.core_size))
                 if i == 0 and devices == 4:
                     hlo = update.lower(state, batch, jax.random.PRNGKey(i)).compile().as_text()
                     out["collectives"][variant] = {

@@ -187,3 +187,28 @@ def test_a_failed_evaluation_on_the_eval_thread_is_counted_too(tmp_path, monkeyp
     assert code == 0 and records[-1]["final"] and records[-1]["eval_failures"] == 1
     assert [r["env_steps"] for r in records if "eval_return_mean" in r][-1] == 1024
     assert capsys.readouterr().err.count("Traceback (most recent call last)") == 1
+
+
+def test_a_recurrent_run_through_the_queue_is_on_policy_and_deterministic(tmp_path):
+    # Actors (the stepwise path, on CartPole) send initial_core through the frame spec; the
+    # deterministic schedule acts with the params it trains: IMPALA's one gradient step per
+    # batch sees rho == 1 (no obs normalisation: the update refreshes it before the loss).
+    overrides = [
+        f"train.total_env_steps={8 * STEPS_PER_UPDATE}",
+        "eval.every_env_steps=256",
+        "network.core=lstm",
+        "network.core_size=8",
+        "learner.algo=impala",
+        "learner.obs_norm=false",
+    ]
+    code, first, loop = run_in_process(tmp_path / "a", overrides)
+    assert code == 0 and loop.s.example_unroll().initial_core.shape == (1, 4, 32)
+    train = [r for r in first if "loss" in r]
+    assert len(train) == 8 and train[-1]["episodes"] > 0
+    for r in train:
+        assert r["rho_max"] == pytest.approx(1.0, abs=1e-5)
+        assert r["rho_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert [r["env_steps"] for r in first if "eval_return_mean" in r] == [256, 512]
+    _, second, _ = run_in_process(tmp_path / "b", overrides)
+    keep = lambda rs: [{k: v for k, v in r.items() if "time" not in k and k != "sps"} for r in rs]  # noqa: E731
+    assert keep(second) == keep(first)

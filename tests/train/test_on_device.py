@@ -113,3 +113,21 @@ def test_an_env_without_a_pure_step_is_a_one_line_error(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("error: train.mode=on_device needs an env whose step is pure JAX")
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_a_recurrent_policy_on_device_is_exactly_on_policy(tmp_path, core):
+    # IMPALA takes one gradient step per batch, so its ratio metrics are those of the params
+    # that acted: with the state carried in the scan and re-run by the learner, every rho is 1.
+    # (No obs normalisation: the update refreshes the statistics before its loss.)
+    recurrent = [f"network.core={core}", "network.core_size=8", "learner.algo=impala"]
+    code, records, loop = run_on_device_in_process(
+        tmp_path, [*STEPS, *recurrent, "learner.obs_norm=false"]
+    )
+    assert code == 0 and loop.s.policy.core_size > 0
+    train = [r for r in records if "loss" in r]
+    assert len(train) == 8 and train[-1]["episodes"] > 0  # episodes ended: states were reset
+    for r in train:
+        assert r["rho_max"] == pytest.approx(1.0, abs=1e-5)
+        assert r["rho_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert [r for r in records if "eval_return_mean" in r]  # greedy, stateful evaluation ran
