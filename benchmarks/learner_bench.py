@@ -63,7 +63,7 @@ def random_batch(s, rng: np.random.Generator) -> dict:
     }
     if "initial_core" in shapes:
         batch["initial_core"] = rng.normal(size=shapes["initial_core"]).astype(np.float32)
-    fields = set(unroll.BATCH_FIELDS) - ({"initial_core"} - set(shapes))
+    fields = set(unroll.BATCH_FIELDS) | ({"initial_core"} & set(shapes))
     assert set(batch) == fields, "the update's batch fields changed"
     return batch
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -88,6 +89,8 @@ def core_inputs(batch: Data) -> Data:
     if batch.get("initial_core") is None:
         return {}
     done = batch["terminated"] | batch["truncated"]
+    chex.assert_rank([batch["initial_core"], done], [3, 2])
+    chex.assert_equal_shape_suffix([batch["initial_core"][..., 0], done], 1)  # N columns
     resets = jnp.concatenate([jnp.zeros_like(done[:1]), done], axis=0)
     return {"initial_core": batch["initial_core"], "resets": resets}
 

@@ -96,6 +96,11 @@ COMMANDS = {
         "eval.every_env_steps=1024 eval.episodes=2 train.compile_cache={cache} "
         "run.dir={tmp}/cartpole"
     ),
+    "python -m jaxrl_impala.train --config configs/cartpole_lstm.yaml": (
+        "-m jaxrl_impala.train --config configs/cartpole_lstm.yaml --set "
+        "train.total_env_steps=2048 eval.every_env_steps=1024 eval.episodes=2 "
+        "train.compile_cache={cache} run.dir={tmp}/cartpole_lstm"
+    ),
     (
         "python -m jaxrl_impala.train --config configs/driving.yaml --set train.mode=on_device "
         "run.name=on-device"
@@ -117,6 +122,7 @@ COMMANDS = {
         "--seeds 0 1 2 3 4 --compile-cache both --max-minutes 1.5"
     ): HELP,
     "python benchmarks/throughput.py --quick": HELP,
+    "python benchmarks/recurrent.py": HELP,
 }
 
 
@@ -176,6 +182,7 @@ def test_readme_train_resume_evaluate_plot_commands_run(tmp_path):
     plots = [Path(line) for line in plotted if line.endswith(".png")]
     assert plots and all(p.is_file() for p in plots), plotted
     assert final_record(tmp_path / "cartpole")["env_steps"] >= 2048
+    assert final_record(tmp_path / "cartpole_lstm")["env_steps"] >= 2048
 
 
 @pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")

@@ -62,3 +62,57 @@ def test_frame_stack_from_config_and_its_errors():
         make_vector_env(bad, 2)
     with pytest.raises(ConfigError, match="env.frame_stack"):
         load_config(None, ["env.frame_stack=0"])
+
+
+def test_obs_indices_keep_the_chosen_entries_final_observations_too():
+    plain = _vec(4)
+    cut = make_vector_env(load_config(None, ["env.id=CartPole-v1", "env.obs_indices=[2, 0]"]), 4)
+    assert cut.single_observation_space.shape == (2,)
+    np.testing.assert_array_equal(
+        cut.single_observation_space.high, plain.single_observation_space.high[[2, 0]]
+    )
+    a, _ = plain.reset(seed=3)
+    b, _ = cut.reset(seed=3)
+    np.testing.assert_array_equal(b, a[:, [2, 0]])
+    ended = 0
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        actions = rng.integers(0, 2, 4)
+        a, _, term, trunc, info_a = plain.step(actions)
+        b, _, _, _, info_b = cut.step(actions)
+        np.testing.assert_array_equal(b, a[:, [2, 0]])
+        done = term | trunc
+        if done.any():
+            ended += 1
+            want = final_observations(info_a, a, done)[:, [2, 0]]
+            np.testing.assert_array_equal(final_observations(info_b, b, done), want)
+    assert ended > 0
+    plain.close()
+    cut.close()
+
+
+def test_obs_indices_keep_drivingenv_pure_step():
+    import jax
+
+    config = load_config("configs/driving.yaml", ["env.obs_indices=[0, 5, 9]"])
+    env = make_vector_env(config, 2)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (2, 3) and hasattr(env, "pure_step")
+    inner = env.env
+    packed = env.packed_state
+    step = jax.jit(env.pure_step())
+    _, pure_obs, *_ = step(packed, np.zeros((2, 3), np.float32))
+    full, *_ = inner.step(np.zeros((2, 3), np.float32))
+    np.testing.assert_allclose(pure_obs, full[:, [0, 5, 9]], rtol=1e-6)
+    env.close()
+    # an env without a pure step: a wrapped one does not get one either
+    cartpole = make_vector_env(load_config(None, ["env.id=CartPole-v1", "env.obs_indices=[0]"]), 1)
+    assert not hasattr(cartpole, "pure_step")
+    cartpole.close()
+
+
+def test_bad_obs_indices_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"env.obs_indices=\[7\].*out of range.*size 4"):
+        make_vector_env(load_config(None, ["env.id=CartPole-v1", "env.obs_indices=[7]"]), 1)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        load_config(None, ["env.obs_indices=[-1]"])
