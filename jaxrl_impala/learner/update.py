@@ -142,6 +142,19 @@ def split_minibatches(
     return jax.tree.map(split, data)
 
 
+def _algorithm_data(batch: dict, rewards: jax.Array, discounts: jax.Array) -> dict:
+    """What the algorithms train on (the `algorithms` module docstring): the batch's
+    observations, actions and behaviour policy, the prepared ``rewards`` and ``discounts``,
+    and a recurrent policy's ``initial_core`` and ``resets``."""
+    acted = ("obs", "actions", "behaviour_logp", "behaviour_dist")
+    return {
+        **{k: batch[k] for k in acted},
+        "rewards": rewards,
+        "discounts": discounts,
+        **core_inputs(batch),
+    }
+
+
 def make_update(
     policy: Policy,
     optimizer: optax.GradientTransformation,
@@ -192,16 +205,7 @@ def make_update(
             moments = update_moments(state.return_stats, batch["discounted_return"])
             state = state.replace(return_stats=moments)
             batch = {**batch, "rewards": scale_rewards(batch["rewards"], moments)}
-        rewards, discounts = prepare_rewards(batch, lc)
-        data = {
-            "obs": batch["obs"],
-            "actions": batch["actions"],
-            "behaviour_logp": batch["behaviour_logp"],
-            "behaviour_dist": batch["behaviour_dist"],
-            "rewards": rewards,
-            "discounts": discounts,
-            **core_inputs(batch),
-        }
+        data = _algorithm_data(batch, *prepare_rewards(batch, lc))
         if config.network.burn_in:
             data = burn_in(policy, state.params, state.obs_stats, data, config.network.burn_in)
         data = algorithm.prepare(state.params, state.obs_stats, data)
