@@ -9,21 +9,34 @@ from jaxrl_impala import unroll
 from jaxrl_impala.transport.codec import FrameError, FrameSpec, decode, encode
 
 
-def _example(obs_row, num_terms=2):
+def _example(obs_row, num_terms=2, core_size=0):
     action = np.zeros((3, 2), np.float32)
-    return unroll.example(4, 3, obs_row, action, dist_size=4, num_terms=num_terms)
+    return unroll.example(4, 3, obs_row, action, 4, num_terms, core_size)
 
 
 def test_frame_fields_are_the_unroll_fields_with_dict_observations_flattened():
     u = _example({"lidar": np.zeros((3, 5), np.float32), "image": np.zeros((3, 2, 2), np.uint8)})
     fields = unroll.to_frame(u)
     assert {"obs__lidar", "obs__image"} <= set(fields) and "obs" not in fields
-    assert set(fields) - {"obs__lidar", "obs__image"} == set(unroll.Unroll._fields) - {"obs"}
+    # every field but a recurrent policy's initial state (this example has no core)
+    no_core = set(unroll.Unroll._fields) - {"obs", "initial_core"}
+    assert set(fields) - {"obs__lidar", "obs__image"} == no_core
     assert fields["obs__lidar"].shape == (5, 3, 5) and fields["actions"].shape == (4, 3, 2)
     assert fields["terminated"].dtype == np.bool_ and fields["episode_length"].dtype == np.int32
     batch = unroll.batch_from_frame(unroll.concat([fields, fields]))
     assert set(batch) == set(unroll.BATCH_FIELDS)
     assert batch["obs"]["image"].shape == (5, 6, 2, 2) and batch["rewards"].shape == (4, 6)
+
+
+def test_a_recurrent_unroll_carries_its_initial_state_into_the_batch():
+    u = _example(np.zeros((3, 5), np.float32), core_size=6)
+    fields = unroll.to_frame(u)
+    assert fields["initial_core"].shape == (1, 3, 6)  # time extent 1: columns on axis 1
+    assert fields["initial_core"].dtype == np.float32
+    batch = unroll.batch_from_frame(unroll.concat([fields, fields]))
+    assert set(batch) == set(unroll.BATCH_FIELDS) | {"initial_core"}
+    assert batch["initial_core"].shape == (1, 6, 6)
+    assert "initial_core" in unroll.frame_spec(u).finite
 
 
 def test_an_absent_field_is_left_out_of_the_frame():
