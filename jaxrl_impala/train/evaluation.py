@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from jaxrl_impala.actor.envs import make_vector_env
+from jaxrl_impala.actor.rollout import reset_core
 from jaxrl_impala.config import DRIVING_ENV_ID, Config
 from jaxrl_impala.networks import clip_to_space, policy_step_fn, sample_obs
 
@@ -98,8 +99,7 @@ class GreedyActor:
         return clip_to_space(np.asarray(action), self.space)
 
     def episodes_ended(self, done: np.ndarray) -> None:
-        if self.core is not None:
-            self.core = np.where(np.asarray(done, bool)[:, None], 0.0, self.core).astype(np.float32)
+        self.core = reset_core(self.core, np.asarray(done, bool))
 
 
 def eval_seed(config: Config) -> int:
