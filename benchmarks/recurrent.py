@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from _results import header, save_figure, write
-from time_to_solve import _median_with_misses
+from time_to_solve import SB3_STOP, _median_with_misses
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 475.0
@@ -45,7 +45,8 @@ ZOO = dict(
     ent_coef=0.0, learning_rate=0.001, clip_range=0.2,
 )  # fmt: skip
 
-_RECURRENT_PPO_WORKER = r"""
+_RECURRENT_PPO_WORKER = (
+    r"""
 import json, sys, time
 t0 = float(sys.argv[1])
 spec = json.loads(sys.argv[2])
@@ -90,19 +91,9 @@ def evaluate(model):
         ret += np.where(done, 0.0, r); done |= te | tr
     return float(ret.mean())
 
-class Stop(BaseCallback):
-    def __init__(self):
-        super().__init__(); self.next = spec["eval_every"]; self.hit = None; self.evals = []
-    def _on_step(self):
-        if time.time() - t0 > spec["max_seconds"]:
-            return False
-        if self.num_timesteps >= self.next:
-            self.next += spec["eval_every"]
-            m = evaluate(self.model)
-            self.evals.append((self.num_timesteps, time.time() - t0, m))
-            if m >= spec["target"]:
-                self.hit = (time.time() - t0, self.num_timesteps); return False
-        return True
+"""
+    + SB3_STOP
+    + r"""
 
 policy_kwargs = dict(
     ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, enable_critic_lstm=True,
@@ -116,6 +107,7 @@ model = RecurrentPPO(
 model.learn(total_timesteps=spec["total"], callback=cb)
 print(json.dumps({"hit": cb.hit, "evals": cb.evals}))
 """
+)
 
 
 def run_ours(system: str, seed: int, budget: int, max_s: float) -> dict:

@@ -54,7 +54,26 @@ SB3_CARTPOLE = dict(
 # No zoo entry exists for DrivingEnv: SB3's defaults on 8 envs (the MLP is 64x64 tanh).
 SB3_DRIVING = dict(n_envs=8, total=20_000_000)
 
-_SB3_WORKER = r"""
+# The stop rule of both Stable-Baselines3 workers (this one and benchmarks/recurrent.py's):
+# ``evaluate(model)`` every ``eval_every`` env steps; stop at the target or past the time cap.
+SB3_STOP = r"""
+class Stop(BaseCallback):
+    def __init__(self):
+        super().__init__(); self.next = spec["eval_every"]; self.hit = None; self.evals = []
+    def _on_step(self):
+        if time.time() - t0 > spec["max_seconds"]:
+            return False  # the cap holds between evaluations too
+        if self.num_timesteps >= self.next:
+            self.next += spec["eval_every"]
+            m = evaluate(self.model)
+            self.evals.append((self.num_timesteps, time.time() - t0, m))
+            if m >= spec["target"]:
+                self.hit = (time.time() - t0, self.num_timesteps); return False
+        return True
+"""
+
+_SB3_WORKER = (
+    r"""
 import json, sys, time
 t0 = float(sys.argv[1])
 spec = json.loads(sys.argv[2])
@@ -87,25 +106,16 @@ def evaluate(model):
         ret += np.where(done, 0.0, r); done |= te | tr
     return float(ret.mean())
 
-class Stop(BaseCallback):
-    def __init__(self):
-        super().__init__(); self.next = spec["eval_every"]; self.hit = None; self.evals = []
-    def _on_step(self):
-        if time.time() - t0 > spec["max_seconds"]:
-            return False  # the cap holds between evaluations too
-        if self.num_timesteps >= self.next:
-            self.next += spec["eval_every"]
-            m = evaluate(self.model)
-            self.evals.append((self.num_timesteps, time.time() - t0, m))
-            if m >= spec["target"]:
-                self.hit = (time.time() - t0, self.num_timesteps); return False
-        return True
+"""
+    + SB3_STOP
+    + r"""
 
 cb = Stop()
 model = PPO("MlpPolicy", env, seed=spec["seed"], device="cpu", verbose=0, **hp)
 model.learn(total_timesteps=total, callback=cb)
 print(json.dumps({"hit": cb.hit, "evals": cb.evals}))
 """
+)
 
 
 def run_ours(algo: str, env: str, seed: int, target: float, max_s: float, extra) -> dict:
