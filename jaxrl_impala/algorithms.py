@@ -1,9 +1,18 @@
 """The three algorithms as loss builders made from `jaxrl_impala.core`.
 
-Each algorithm is an :class:`Algorithm`: ``prepare(params, stats, data) -> data`` runs once
-per batch before the epochs (PPO computes its GAE targets and the pre-update log-probs
-there), and ``loss(params, stats, minibatch) -> (loss, metrics)`` is what the optimiser
-differentiates. The learner chooses the algorithm once, with :func:`make_algorithm`.
+Each algorithm is an :class:`Algorithm`: ``prepare(params, stats, data, popart) -> data``
+runs once per batch before the epochs (PPO computes its GAE targets and the pre-update
+log-probs there), and ``loss(params, stats, minibatch, popart) -> (loss, metrics)`` is what
+the optimiser differentiates. The learner chooses the algorithm once, with
+:func:`make_algorithm`.
+
+``popart`` is None, or with ``learner.return_norm: popart`` the value targets' statistics
+(`core.normalization.PopArt`): the value head's outputs are then normalised values. Each
+algorithm works on the values they give back (``std * output + mean``) and weighs its value
+loss by ``1 / std^2`` (a value clip by ``std``), which is exactly the loss on the normalised
+values and targets, since the statistics are constants of the loss. ``prepare`` then also
+returns the batch's ``value_targets`` (V-trace's ``vs`` or GAE's returns, at the params the
+batch arrives at), that the update folds into the statistics.
 
 The data the learner hands both (every leaf ``[T(+1), N, ...]``, time-major):
   obs [T+1, N, ...], actions [T, N, ...], behaviour_logp [T, N], behaviour_dist [T, N, P],
@@ -34,24 +43,25 @@ from jaxrl_impala.core import (
     vtrace,
 )
 from jaxrl_impala.core.losses import ratio_metrics
+from jaxrl_impala.core.normalization import PopArt
 from jaxrl_impala.networks import Policy
 
 Data = dict[str, Any]
-LossFn = Callable[[Any, Any, Data], tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[[Any, Any, Data, PopArt | None], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 class Algorithm(NamedTuple):
     """What the update needs to know of an algorithm.
 
     Attributes:
-      loss: ``(params, stats, minibatch) -> (loss, metrics)``, to minimise.
-      prepare: ``(params, stats, data) -> data`` once per batch, before the epochs.
+      loss: ``(params, stats, minibatch, popart) -> (loss, metrics)``, to minimise.
+      prepare: ``(params, stats, data, popart) -> data`` once per batch, before the epochs.
       epochs: passes over each batch.
       minibatches: minibatches per pass.
     """
 
     loss: LossFn
-    prepare: Callable[[Any, Any, Data], Data]
+    prepare: Callable[[Any, Any, Data, PopArt | None], Data]
     epochs: int
     minibatches: int
 
@@ -111,38 +121,72 @@ def burn_in(policy: Policy, params, stats, data: Data, steps: int) -> Data:
     return out
 
 
-def _heads(policy: Policy, params, stats, data: Data):
-    """(dist over the T acting steps, values [T, N], bootstrap value [N])."""
+def _heads(policy: Policy, params, stats, data: Data, popart: PopArt | None = None):
+    """(dist over the T acting steps, values [T, N], bootstrap value [N]); the values in
+    return units (given back their scale by ``popart``)."""
     core = data.get("initial_core")
     core = None if core is None else core[0]
     dist, values, _ = policy.apply(params, stats, data["obs"], core, data.get("resets"))
+    if popart is not None:
+        values = popart.denormalize(values)
     head = jax.tree.map(lambda x: x[:-1], dist)
     return head, values[:-1], values[-1]
+
+
+def _value_coef(lc: LearnerConfig, popart: PopArt | None):
+    """The value loss's weight: over ``std^2`` with PopArt, the loss on normalised values."""
+    return lc.value_coef if popart is None else lc.value_coef / jnp.square(popart.std)
 
 
 def _kl_behaviour(policy: Policy, data: Data, head) -> jax.Array:
     return jnp.mean(policy.make_dist(data["behaviour_dist"]).kl(head))
 
 
-def _total(lc: LearnerConfig, pg: tuple, vl: tuple, head, kl: jax.Array, extra=None):
+def _total(lc: LearnerConfig, pg: tuple, vl: tuple, head, kl: jax.Array, value_coef, extra=None):
     """``policy + value_coef * value + entropy_coef * entropy`` losses, and every term's
     metrics (``pg`` and ``vl``: a loss function's ``(loss, metrics)``)."""
     (pg, pg_m), (vl, vl_m) = pg, vl
     ent, ent_m = entropy_loss(head.entropy())
-    total = pg + lc.value_coef * vl + lc.entropy_coef * ent
+    total = pg + value_coef * vl + lc.entropy_coef * ent
     metrics = {"loss": total, "policy_loss": pg, "value_loss": vl, **(extra or {})}
     return total, {**metrics, "kl_behaviour": kl, **pg_m, **vl_m, **ent_m}
 
 
-def _no_prepare(params, stats, data: Data) -> Data:
-    return data
+def _vtrace(lc: LearnerConfig, log_rhos, mb: Data, values, bootstrap):
+    """V-trace's targets (`core.vtrace`) with the learner's thresholds, values as constants."""
+    return vtrace(
+        log_rhos,
+        mb["discounts"],
+        mb["rewards"],
+        jax.lax.stop_gradient(values),
+        jax.lax.stop_gradient(bootstrap),
+        clip_rho_threshold=lc.clip_rho_threshold,
+        clip_c_threshold=lc.clip_c_threshold,
+        clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
+        lambda_=lc.lambda_,
+    )
+
+
+def _vtrace_prepare(policy: Policy, lc: LearnerConfig):
+    """APPO's and IMPALA's ``prepare``: nothing, or with PopArt the batch's V-trace targets
+    at the params it arrives at (``value_targets``), for the statistics."""
+
+    def prepare(params, stats, data: Data, popart: PopArt | None = None) -> Data:
+        if popart is None:
+            return data
+        head, values, bootstrap = _heads(policy, params, stats, data, popart)
+        log_rhos = head.log_prob(data["actions"]) - data["behaviour_logp"]
+        targets = _vtrace(lc, log_rhos, data, values, bootstrap)
+        return {**data, "value_targets": jax.lax.stop_gradient(targets.vs)}
+
+    return prepare
 
 
 def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
     """APPO: PPO's clipped surrogate on V-trace advantages (`core.appo_loss`)."""
 
-    def loss(params, stats, mb: Data):
-        head, values, bootstrap = _heads(policy, params, stats, mb)
+    def loss(params, stats, mb: Data, popart: PopArt | None = None):
+        head, values, bootstrap = _heads(policy, params, stats, mb, popart)
         logp = head.log_prob(mb["actions"])
         total, metrics = appo_loss(
             logp,
@@ -153,7 +197,7 @@ def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
             bootstrap,
             head.entropy(),
             clip_eps=lc.clip_eps,
-            value_coef=lc.value_coef,
+            value_coef=_value_coef(lc, popart),
             entropy_coef=lc.entropy_coef,
             clip_rho_threshold=lc.clip_rho_threshold,
             clip_c_threshold=lc.clip_c_threshold,
@@ -163,60 +207,54 @@ def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
         )
         return total, {**metrics, "kl_behaviour": _kl_behaviour(policy, mb, head)}
 
-    return Algorithm(loss, _no_prepare, *update_passes(lc))
+    return Algorithm(loss, _vtrace_prepare(policy, lc), *update_passes(lc))
 
 
 def make_impala(policy: Policy, lc: LearnerConfig) -> Algorithm:
     """IMPALA: the V-trace policy gradient (Espeholt et al., 2018, arXiv:1802.01561)."""
 
-    def loss(params, stats, mb: Data):
-        head, values, bootstrap = _heads(policy, params, stats, mb)
+    def loss(params, stats, mb: Data, popart: PopArt | None = None):
+        head, values, bootstrap = _heads(policy, params, stats, mb, popart)
         logp = head.log_prob(mb["actions"])
         log_rhos = jax.lax.stop_gradient(logp - mb["behaviour_logp"])
-        targets = vtrace(
-            log_rhos,
-            mb["discounts"],
-            mb["rewards"],
-            jax.lax.stop_gradient(values),
-            jax.lax.stop_gradient(bootstrap),
-            clip_rho_threshold=lc.clip_rho_threshold,
-            clip_c_threshold=lc.clip_c_threshold,
-            clip_pg_rho_threshold=lc.clip_pg_rho_threshold,
-            lambda_=lc.lambda_,
-        )
+        targets = _vtrace(lc, log_rhos, mb, values, bootstrap)
         pg = impala_pg_loss(logp, targets.pg_advantages)
         vl = value_loss(values, targets.vs)
-        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head), ratio_metrics(log_rhos))
+        kl = _kl_behaviour(policy, mb, head)
+        return _total(lc, pg, vl, head, kl, _value_coef(lc, popart), ratio_metrics(log_rhos))
 
-    return Algorithm(loss, _no_prepare, *update_passes(lc))
+    return Algorithm(loss, _vtrace_prepare(policy, lc), *update_passes(lc))
 
 
 def make_ppo(policy: Policy, lc: LearnerConfig) -> Algorithm:
     """PPO (Schulman et al., 2017, arXiv:1707.06347): GAE targets and the pre-update
     log-probs from the params the batch arrives at, then the clipped surrogate."""
 
-    def prepare(params, stats, data: Data) -> Data:
-        head, values, bootstrap = _heads(policy, params, stats, data)
+    def prepare(params, stats, data: Data, popart: PopArt | None = None) -> Data:
+        head, values, bootstrap = _heads(policy, params, stats, data, popart)
         old = gae(data["discounts"], data["rewards"], values, bootstrap, lc.lambda_)
         return {
             **data,
             "advantages": old.advantages,
-            "returns": old.returns,
+            "value_targets": old.returns,
             "old_logp": jax.lax.stop_gradient(head.log_prob(data["actions"])),
             "old_values": jax.lax.stop_gradient(values),
         }
 
-    def loss(params, stats, mb: Data):
-        head, values, _ = _heads(policy, params, stats, mb)
+    def loss(params, stats, mb: Data, popart: PopArt | None = None):
+        head, values, _ = _heads(policy, params, stats, mb, popart)
         logp = head.log_prob(mb["actions"])
         adv = mb["advantages"]
         if lc.normalize_advantages:
             adv = standardize(adv)
         pg = ppo_policy_loss(logp, mb["old_logp"], adv, lc.clip_eps)
+        clip = lc.value_clip_eps
+        if clip is not None and popart is not None:
+            clip = clip * popart.std  # the clip on normalised values
         vl = value_loss(
-            values, mb["returns"], behaviour_values=mb["old_values"], clip_eps=lc.value_clip_eps
+            values, mb["value_targets"], behaviour_values=mb["old_values"], clip_eps=clip
         )
-        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head))
+        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head), _value_coef(lc, popart))
 
     return Algorithm(loss, prepare, *update_passes(lc))
 

@@ -141,9 +141,14 @@ class LearnerConfig:
     obs_norm: running observation normalisation (stats shipped to actors with the params).
     reward_scale: multiply rewards by this before the update.
     reward_clip: clip scaled rewards to [-reward_clip, reward_clip] (``null``: no clip).
-    return_norm: ``none``, or ``running``: rewards divided by the running std of the
-        discounted return (gymnasium's ``NormalizeReward``; the statistics live in the train
-        state and its checkpoints), before ``reward_scale`` and ``reward_clip``.
+    return_norm: ``none``; ``running``: rewards divided by the running std of the
+        discounted return (gymnasium's ``NormalizeReward``), before ``reward_scale`` and
+        ``reward_clip``; or ``popart``: the value head learns values normalised by the mean
+        and std of the value targets, and its last layer is rescaled when they change, so
+        that its outputs are preserved (PopArt, van Hasselt et al., 2016). Either's
+        statistics live in the train state and its checkpoints.
+    popart_beta: ``popart``'s step size: each batch moves the targets' moments by
+        ``max(popart_beta, 1 / k)`` at the k-th batch (an average, then an EMA).
     """
 
     algo: str = "appo"
@@ -172,6 +177,7 @@ class LearnerConfig:
     reward_scale: float = 1.0
     reward_clip: float | None = None
     return_norm: str = "none"
+    popart_beta: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +318,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "learner.algo": ("appo", "impala", "ppo"),
     "learner.lr_schedule": ("constant", "linear"),
-    "learner.return_norm": ("none", "running"),
+    "learner.return_norm": ("none", "running", "popart"),
     "network.activation": ("tanh", "relu"),
     "network.core": ("none", "lstm", "gru"),
     "transport.kind": ("shm", "redis"),
@@ -333,6 +339,7 @@ POSITIVE = {
     "learner.publish_every",
     "train.max_nonfinite_in_row",
     "learner.gamma",
+    "learner.popart_beta",
     "transport.slots_per_actor",
     "train.total_env_steps",
     "train.log_every_s",
@@ -581,6 +588,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: an index repeats")
     if any(i < 0 for i in config.env.obs_indices):
         raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: must be >= 0")
+    if config.learner.popart_beta > 1:
+        raise ConfigError(f"learner.popart_beta={config.learner.popart_beta}: must be <= 1")
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
     dc = config.distributed

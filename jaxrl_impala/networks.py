@@ -163,6 +163,20 @@ class ActorCritic(nn.Module):
         return dist_params, value, new_core
 
 
+# The value head in the params: flax names an unnamed submodule by its class and order, and
+# the value head is ActorCritic's first Dense (the name the checkpoints already written
+# hold; tests/test_networks.py checks that it is the value's).
+VALUE_HEAD = "Dense_0"
+
+
+def map_value_head(params, fn):
+    """``params`` with the value head's ``(kernel, bias)`` replaced by ``fn(kernel, bias)``
+    (``learner.return_norm: popart`` rescales it this way)."""
+    head = params["params"][VALUE_HEAD]
+    kernel, bias = fn(head["kernel"], head["bias"])
+    return {**params, "params": {**params["params"], VALUE_HEAD: {"kernel": kernel, "bias": bias}}}
+
+
 @flax.struct.dataclass
 class ObsStats:
     """Running mean/variance of float observation leaves (Chan et al. parallel update).

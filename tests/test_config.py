@@ -83,6 +83,9 @@ def test_an_env_kwarg_override_keeps_the_presets_other_kwargs():
         ("actors.num=many", "actors.num: expected an integer or auto, got 'many'"),
         ("actors.num=AUTO", "actors.num: expected an integer or auto, got 'AUTO'"),
         ("actors.num=0", "actors.num: must be > 0"),
+        ("learner.return_norm=pop", "learner.return_norm: 'pop' is not one of none, running"),
+        ("learner.popart_beta=0", "learner.popart_beta: must be > 0"),
+        ("learner.popart_beta=1.5", "learner.popart_beta=1.5: must be <= 1"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):

@@ -10,6 +10,7 @@ from jaxrl_impala.config import NetworkConfig
 from jaxrl_impala.networks import (
     init_obs_stats,
     make_policy,
+    map_value_head,
     normalize_obs,
     sample_obs,
     update_obs_stats,
@@ -79,3 +80,22 @@ def test_pixel_leaves_are_not_normalised():
     stats = update_obs_stats(stats, obs)
     out = normalize_obs(stats, obs)
     assert out["pixels"].dtype == jnp.uint8 and int(out["pixels"][0, 0, 0, 0]) == 200
+
+
+@pytest.mark.parametrize(
+    "net", [{}, {"shared_torso": True}, {"core": "gru", "core_size": 4}], ids=str
+)
+def test_map_value_head_reaches_the_value_and_nothing_else(net):
+    """PopArt rescales the value head through `map_value_head`: a zero kernel and a bias of
+    5 make every value 5, and the policy's outputs do not move."""
+    policy = make_policy(VEC, ACTIONS[1], NetworkConfig(hidden=(8,), **net), obs_norm=False)
+    params = policy.init(jax.random.PRNGKey(0), VEC)
+    obs = sample_obs(VEC, (3, 4))
+    core = policy.initial_core(4)
+    resets = jnp.zeros((3, 4), bool) if core is not None else None
+    dist, value, dist_params = policy.apply(params, None, obs, core, resets)
+    mapped = map_value_head(params, lambda w, b: (jnp.zeros_like(w), b + 5.0))
+    _, value2, dist_params2 = policy.apply(mapped, None, obs, core, resets)
+    assert not np.allclose(value, 5.0)
+    np.testing.assert_allclose(value2, 5.0)
+    np.testing.assert_array_equal(dist_params2, dist_params)

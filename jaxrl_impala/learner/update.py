@@ -30,8 +30,23 @@ from jaxrl_impala.algorithms import (
     prepare_rewards,
 )
 from jaxrl_impala.config import Config, derived_sizes, update_passes
-from jaxrl_impala.core.normalization import Moments, init_moments, scale_rewards, update_moments
-from jaxrl_impala.networks import ObsStats, Policy, init_obs_stats, update_obs_stats
+from jaxrl_impala.core.normalization import (
+    Moments,
+    PopArt,
+    init_moments,
+    init_popart,
+    preserve_outputs,
+    scale_rewards,
+    update_moments,
+    update_popart,
+)
+from jaxrl_impala.networks import (
+    ObsStats,
+    Policy,
+    init_obs_stats,
+    map_value_head,
+    update_obs_stats,
+)
 
 
 @flax.struct.dataclass
@@ -42,8 +57,9 @@ class TrainState:
     opt_state: Any
     obs_stats: ObsStats
     step: jax.Array  # updates done
-    # ``learner.return_norm: running``: the discounted return's running moments (else None).
-    return_stats: Moments | None = None
+    # ``learner.return_norm``'s statistics: ``running``, the discounted return's running
+    # moments; ``popart``, the value targets' (the value head's scale); ``none``, None.
+    return_stats: Moments | PopArt | None = None
 
 
 def make_optimizer(config: Config, total_updates: int) -> optax.GradientTransformation:
@@ -64,7 +80,7 @@ def _init_fn(policy: Policy, obs_space, optimizer: optax.GradientTransformation,
             optimizer.init(params),
             init_obs_stats(obs_space),
             jnp.zeros((), jnp.int32),
-            init_moments() if return_norm == "running" else None,
+            {"running": init_moments, "popart": init_popart}.get(return_norm, lambda: None)(),
         )
 
     return init
@@ -184,8 +200,13 @@ def make_update(
     grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
     minibatch_columns = NamedSharding(mesh, P(None, None, "data"))
 
+    popart = lc.return_norm == "popart"
+
+    def popart_stats(state: TrainState) -> PopArt | None:
+        return state.return_stats if popart else None
+
     def sgd_step(state: TrainState, mb):
-        (loss, metrics), grads = grad_fn(state.params, state.obs_stats, mb)
+        (loss, metrics), grads = grad_fn(state.params, state.obs_stats, mb, popart_stats(state))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["loss"] = loss
@@ -205,10 +226,20 @@ def make_update(
             moments = update_moments(state.return_stats, batch["discounted_return"])
             state = state.replace(return_stats=moments)
             batch = {**batch, "rewards": scale_rewards(batch["rewards"], moments)}
+        if popart:  # the actors' bootstrap values are the head's outputs: normalised
+            value = state.return_stats.denormalize(batch["truncation_value"])
+            batch = {**batch, "truncation_value": value}
         data = _algorithm_data(batch, *prepare_rewards(batch, lc))
         if config.network.burn_in:
             data = burn_in(policy, state.params, state.obs_stats, data, config.network.burn_in)
-        data = algorithm.prepare(state.params, state.obs_stats, data)
+        data = algorithm.prepare(state.params, state.obs_stats, data, popart_stats(state))
+        if popart:
+            # The targets' new statistics, and the value head rescaled to keep its outputs
+            # in return units: what prepare computed at these params stays true.
+            old = state.return_stats
+            new = update_popart(old, data["value_targets"], lc.popart_beta)
+            params = map_value_head(state.params, lambda w, b: preserve_outputs(w, b, old, new))
+            state = state.replace(params=params, return_stats=new)
 
         def epoch(state, key):
             minibatches = split_minibatches(data, key, num_mb, mb_size, minibatch_columns)
@@ -221,6 +252,9 @@ def make_update(
         # return_norm, before reward_scale)
         if lc.return_norm == "running":
             metrics["return_std"] = jnp.sqrt(state.return_stats.var)
+        if popart:
+            metrics["return_std"] = state.return_stats.std
+            metrics["return_mean"] = state.return_stats.mean
         # A non-finite loss, gradient or new state leaves the state as it was (the step count
         # still advances); the trainer counts these and stops after too many in a row. The
         # diagnostics (rho_max, kl_behaviour, ...) are not looked at: an inf among them says

@@ -70,12 +70,18 @@ def test_a_changed_network_is_one_line_naming_the_first_leaf_that_differs(tmp_pa
         ckpt.restore(wider)
 
 
-def test_restore_fills_a_flax_train_state(tmp_path):
+@pytest.mark.parametrize("return_norm", ["none", "running", "popart"])
+def test_restore_fills_a_flax_train_state(tmp_path, return_norm):
+    """Every leaf comes back, ``learner.return_norm``'s statistics too."""
     from jaxrl_impala.config import load_config
     from jaxrl_impala.train.setup import setup
 
-    s = setup(load_config(None, ["env.id=CartPole-v1", "network.hidden=[8]"]))
+    overrides = ["env.id=CartPole-v1", "network.hidden=[8]", f"learner.return_norm={return_norm}"]
+    s = setup(load_config(None, overrides))
     state = s.init_state(jax.random.PRNGKey(0))
+    if return_norm != "none":  # statistics unlike a fresh state's
+        stats = jax.tree.map(lambda x: x + 3, state.return_stats)
+        state = state.replace(return_stats=stats)
     ckpt = Checkpointer(tmp_path)
     ckpt.save(jax.device_get(state), {"env_steps": 64, "wall_time_s": 0.0})
     restored, _, _ = ckpt.restore(s.init_state(jax.random.PRNGKey(1)))

@@ -19,7 +19,7 @@ from jaxrl_impala.learner import (
     make_update,
     train_state_shapes,
 )
-from jaxrl_impala.networks import make_policy, policy_step_fn
+from jaxrl_impala.networks import VALUE_HEAD, make_policy, policy_step_fn
 
 OBS = gym.spaces.Box(-1, 1, (3,), np.float32)
 ACT = gym.spaces.Discrete(2)
@@ -232,6 +232,66 @@ def test_running_return_norm_trains_as_on_rewards_divided_by_the_reference_std()
         assert float(m["return_std"]) == pytest.approx(np.sqrt(reference.var), rel=1e-5)
         for a, b in zip(*(jax.tree.leaves(s.params) for s in (normed, plain)), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["appo", "ppo"])
+def test_popart_trains_as_on_targets_normalised_by_the_reference_statistics(algo):
+    """``learner.return_norm=popart`` against a numpy reference: each update folds the
+    batch's value targets into the statistics (step ``max(beta, 1/k)``), rescales the value
+    head to preserve its outputs, and then trains exactly as a plain update of the rescaled
+    params on targets normalised by the new statistics (one-step episodes: the targets are
+    the rewards, plus the denormalised bootstrap where an episode was truncated).
+    Standardised advantages make the policy's side scale-free."""
+    gamma, beta = 0.99, 0.4
+    algo = [f"learner.algo={algo}", "learner.obs_norm=false", f"learner.gamma={gamma}"]
+    policy, normed, update_n, put_n = bandit_learner(
+        [*algo, "learner.return_norm=popart", f"learner.popart_beta={beta}"]
+    )
+    _, plain, update_p, put_p = bandit_learner(algo)
+    rng = np.random.default_rng(6)
+    mean, second = 0.0, 1.0  # the statistics, in numpy
+    for k in range(1, 4):
+        batch = bandit_batch(rng, policy, normed)
+        batch["rewards"] = rng.normal(6.0 * k, 4.0, (T, N)).astype(np.float32)
+        batch["terminated"][:, : N // 2] = False  # half the episodes hit a time limit
+        batch["truncated"][:, : N // 2] = True
+        batch["truncation_value"] = rng.normal(size=(T, N)).astype(np.float32)  # normalised
+        old_mean, old_std = mean, np.sqrt(second - mean**2)
+        bootstrap = np.where(batch["truncated"], old_std * batch["truncation_value"] + old_mean, 0)
+        targets = batch["rewards"] + gamma * bootstrap
+        step = max(beta, 1.0 / k)
+        mean = (1 - step) * mean + step * targets.astype(np.float64).mean()
+        second = (1 - step) * second + step * np.square(targets.astype(np.float64)).mean()
+        std = np.sqrt(second - mean**2)
+
+        before = jax.device_get(normed)
+        head = dict(before.params["params"][VALUE_HEAD])
+        head["kernel"] = head["kernel"] * old_std / std
+        head["bias"] = (old_std * head["bias"] + old_mean - mean) / std
+        rescaled = {"params": {**before.params["params"], VALUE_HEAD: head}}
+        plain = jax.device_put(
+            before.replace(params=rescaled, return_stats=None), plain.step.sharding
+        )
+        scaled = {
+            **batch,
+            "rewards": ((targets - mean) / std).astype(np.float32),
+            "truncation_value": np.zeros((T, N), np.float32),
+        }
+        normed, m_n = update_n(normed, put_n(batch), jax.random.PRNGKey(k))
+        plain, m_p = update_p(plain, put_p(scaled), jax.random.PRNGKey(k))
+
+        got = jax.device_get(normed.return_stats)
+        np.testing.assert_allclose(got.mean, mean, rtol=1e-5)
+        np.testing.assert_allclose(got.second, second, rtol=1e-5)
+        assert int(got.updates) == k
+        assert float(m_n["return_std"]) == pytest.approx(std, rel=1e-4)
+        # The value loss is reported in return units: std^2 times the normalised one.
+        assert float(m_n["value_loss"]) == pytest.approx(
+            std**2 * float(m_p["value_loss"]), rel=1e-3
+        )
+        for a, b in zip(*(jax.tree.leaves(s.params) for s in (normed, plain)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert std > 3.0 and mean > 10.0  # not vacuous: far from the initial mean 0, std 1
 
 
 @pytest.mark.parametrize("algo", ["appo", "impala", "ppo"])

@@ -20,9 +20,19 @@ FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 # Wall-clock quantities differ run to run; every other numeric key must match.
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 T, N, UPDATES = 4, 16, 4
-# Each algorithm, APPO with the running return normaliser (its moments are compared too),
-# and recurrent cores (APPO with an LSTM and a burn-in, PPO with a GRU).
-VARIANTS = ["appo", "ppo", "impala", "appo+running", "appo+lstm", "ppo+gru"]
+# Each algorithm, APPO with the running return normaliser and APPO and PPO with PopArt (their
+# statistics are compared too), and recurrent cores (APPO with an LSTM and a burn-in, PPO
+# with a GRU).
+VARIANTS = [
+    "appo",
+    "ppo",
+    "impala",
+    "appo+running",
+    "appo+popart",
+    "ppo+popart",
+    "appo+lstm",
+    "ppo+gru",
+]
 CORE_SIZE = 4
 
 
@@ -74,7 +84,7 @@ def worker() -> dict:
             None,
             [
                 f"learner.algo={algo}",
-                f"learner.return_norm={'running' if extra == 'running' else 'none'}",
+                f"learner.return_norm={extra if extra in ('running', 'popart') else 'none'}",
                 f"network.core={core}",
                 f"network.core_size={CORE_SIZE}",
                 f"network.burn_in={1 if core == 'lstm' else 0}",
