@@ -97,6 +97,7 @@ class NetworkConfig:
     burn_in: the first steps of every unroll only warm up the recurrent state (with the
       params the batch arrives at, no gradient) and are not trained on; 0: off. Must be less
       than ``rollout.length``.
+    layer_norm: layer-normalise every torso layer's pre-activations (Ba et al., 2016).
     """
 
     hidden: tuple[int, ...] = (64, 64)
@@ -107,6 +108,7 @@ class NetworkConfig:
     core: str = "none"
     core_size: int = 64
     burn_in: int = 0
+    layer_norm: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

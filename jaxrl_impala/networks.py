@@ -14,6 +14,7 @@ unroll, ``S = T + 1``, from the state the unroll carries (docs/recurrent.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -52,10 +53,12 @@ class PixelEncoder(nn.Module):
 
 
 class Torso(nn.Module):
-    """Encodes an observation pytree, then an MLP."""
+    """Encodes an observation pytree, then an MLP (each layer's pre-activations
+    layer-normalised with ``layer_norm``)."""
 
     hidden: tuple[int, ...]
     activation: str
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: Any) -> jax.Array:
@@ -69,7 +72,8 @@ class Torso(nn.Module):
         x = jnp.concatenate(features, axis=-1)
         act = _ACTIVATIONS[self.activation]
         for width in self.hidden:
-            x = act(_dense(width, np.sqrt(2))(x))
+            x = _dense(width, np.sqrt(2))(x)
+            x = act(nn.LayerNorm()(x) if self.layer_norm else x)
         return x
 
 
@@ -125,6 +129,7 @@ class ActorCritic(nn.Module):
     log_std_init: float
     core: str = "none"
     core_size: int = 0
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: Any, core: jax.Array | None = None, resets: jax.Array | None = None):
@@ -134,10 +139,9 @@ class ActorCritic(nn.Module):
         first step and ``resets [S, B]`` where to zero it; the returned core is the state
         after the last step. Without one, ``core`` and ``resets`` are ignored (None back).
         """
-        pi_h = Torso(self.hidden, self.activation, name="torso_pi")(obs)
-        v_h = (
-            pi_h if self.shared_torso else Torso(self.hidden, self.activation, name="torso_v")(obs)
-        )
+        torso = functools.partial(Torso, self.hidden, self.activation, self.layer_norm)
+        pi_h = torso(name="torso_pi")(obs)
+        v_h = pi_h if self.shared_torso else torso(name="torso_v")(obs)
         new_core = None
         if self.core != "none":
             w = core_width(self.core, self.core_size)
@@ -317,6 +321,7 @@ def make_policy(
         log_std_init=config.log_std_init,
         core=config.core,
         core_size=config.core_size if config.core != "none" else 0,
+        layer_norm=config.layer_norm,
     )
     return Policy(net, make_dist, obs_norm)
 

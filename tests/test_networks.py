@@ -99,3 +99,21 @@ def test_map_value_head_reaches_the_value_and_nothing_else(net):
     assert not np.allclose(value, 5.0)
     np.testing.assert_allclose(value2, 5.0)
     np.testing.assert_array_equal(dist_params2, dist_params)
+
+
+def test_layer_norm_normalises_each_torso_layer():
+    """``network.layer_norm``: every torso layer gets a LayerNorm, and at init (zero biases)
+    the torso no longer sees the observation's scale; without it, it does."""
+    outs = {}
+    for ln in (False, True):
+        policy = make_policy(VEC, ACTIONS[0], NetworkConfig(hidden=(8, 8), layer_norm=ln), False)
+        params = policy.init(jax.random.PRNGKey(0), VEC)
+        torso = params["params"]["torso_pi"]
+        assert sorted(k for k in torso if k.startswith("LayerNorm")) == (
+            ["LayerNorm_0", "LayerNorm_1"] if ln else []
+        )
+        obs = sample_obs(VEC, (4,)) + jnp.arange(5.0)
+        _, value, dist_params = policy.apply(params, None, obs)
+        _, value_big, dist_params_big = policy.apply(params, None, 100.0 * obs)
+        outs[ln] = np.allclose(dist_params, dist_params_big, atol=1e-5)
+    assert outs == {False: False, True: True}
