@@ -12,7 +12,9 @@ imports, compiles and actor start-up count), then ``python -m jaxrl_impala.evalu
 --episodes 100``. On 2 cores one run takes 3-5 minutes (the preset's 20M env steps in the
 actors mode). Runs go one at a time, since they share the machine's cores.
 
-The JSON is rewritten after every run (an interrupted ablation keeps what it measured):
+The JSON is rewritten after every run, and a second command with the same ``--json`` keeps
+its results and runs only the (variant, seed) pairs it lacks: an interrupted ablation loses
+at most the run in progress. The JSON holds
 ``results`` (``variant, seed, overrides, command_seconds, fraction_of_scripted, agent,
 agent_sem, collisions, route_ends, time_limits``) and ``summary`` per variant (mean, min
 and max fraction, mean collisions), plus the machine. The PNG shows every seed's fraction
@@ -46,6 +48,14 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "lambda": (["learner.lambda_=0.99"], "longer V-trace traces"),
     "lstm": (["network.core=lstm"], "the recurrent core (docs/recurrent.md)"),
     "on_device": (["train.mode=on_device"], "the envs on the learner's devices"),
+    "on_device_entropy": (
+        ["train.mode=on_device", "learner.entropy_coef=0.005"],
+        "on device (on-policy) the policy's entropy falls faster than with the actors' lag",
+    ),
+    "on_device_clip": (
+        ["train.mode=on_device", "learner.clip_eps=0.1"],
+        "a tighter trust region on device, where no policy lag slows each update",
+    ),
     "on_device_popart": (
         ["train.mode=on_device", "learner.return_norm=popart"],
         "PopArt in the on-device mode",
@@ -149,9 +159,15 @@ def main() -> int:
         return 0
     result = header("ablation", config=CONFIG)
     result["results"] = []
+    if args.json.is_file():  # keep what an earlier command measured
+        earlier = json.loads(args.json.read_text())["results"]
+        result["results"] = [r for r in earlier if "error" not in r]
+    done = {(r["variant"], r["seed"]) for r in result["results"]}
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="ablation_"))
     for seed in args.seeds:  # seed-major: a cut-short ablation still compares variants
         for variant in args.variants:
+            if (variant, seed) in done:
+                continue
             row = run_one(variant, seed, workdir, args.set)
             result["results"].append(row)
             result["summary"] = summarise(result["results"])

@@ -171,6 +171,39 @@ def _algorithm_data(batch: dict, rewards: jax.Array, discounts: jax.Array) -> di
     }
 
 
+def _normalize_returns(state: TrainState, batch: dict, return_norm: str):
+    """``learner.return_norm`` on a batch, before the algorithm sees it: ``running`` updates
+    the return moments and scales the rewards; ``popart`` turns the actors' bootstrap values
+    (the head's normalised outputs) into return units. Returns ``(state, batch)``."""
+    if return_norm == "running":
+        moments = update_moments(state.return_stats, batch["discounted_return"])
+        state = state.replace(return_stats=moments)
+        batch = {**batch, "rewards": scale_rewards(batch["rewards"], moments)}
+    elif return_norm == "popart":
+        value = state.return_stats.denormalize(batch["truncation_value"])
+        batch = {**batch, "truncation_value": value}
+    return state, batch
+
+
+def _popart_step(state: TrainState, value_targets: jax.Array, beta: float) -> TrainState:
+    """PopArt's statistics moved towards ``value_targets`` ``[T, N]`` and the value head
+    rescaled to keep its outputs in return units: what ``prepare`` computed at these params
+    stays true."""
+    old = state.return_stats
+    new = update_popart(old, value_targets, beta)
+    params = map_value_head(state.params, lambda w, b: preserve_outputs(w, b, old, new))
+    return state.replace(params=params, return_stats=new)
+
+
+def _return_metrics(state: TrainState, return_norm: str) -> dict:
+    """The return statistics' metrics: ``return_std`` (and PopArt's ``return_mean``)."""
+    if return_norm == "running":
+        return {"return_std": jnp.sqrt(state.return_stats.var)}
+    if return_norm == "popart":
+        return {"return_std": state.return_stats.std, "return_mean": state.return_stats.mean}
+    return {}
+
+
 def make_update(
     policy: Policy,
     optimizer: optax.GradientTransformation,
@@ -222,24 +255,13 @@ def make_update(
             # reduce in place (an all-reduce) instead of all-gathering the observations.
             obs_nt = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch["obs"])
             state = state.replace(obs_stats=update_obs_stats(state.obs_stats, obs_nt))
-        if lc.return_norm == "running":
-            moments = update_moments(state.return_stats, batch["discounted_return"])
-            state = state.replace(return_stats=moments)
-            batch = {**batch, "rewards": scale_rewards(batch["rewards"], moments)}
-        if popart:  # the actors' bootstrap values are the head's outputs: normalised
-            value = state.return_stats.denormalize(batch["truncation_value"])
-            batch = {**batch, "truncation_value": value}
+        state, batch = _normalize_returns(state, batch, lc.return_norm)
         data = _algorithm_data(batch, *prepare_rewards(batch, lc))
         if config.network.burn_in:
             data = burn_in(policy, state.params, state.obs_stats, data, config.network.burn_in)
         data = algorithm.prepare(state.params, state.obs_stats, data, popart_stats(state))
         if popart:
-            # The targets' new statistics, and the value head rescaled to keep its outputs
-            # in return units: what prepare computed at these params stays true.
-            old = state.return_stats
-            new = update_popart(old, data["value_targets"], lc.popart_beta)
-            params = map_value_head(state.params, lambda w, b: preserve_outputs(w, b, old, new))
-            state = state.replace(params=params, return_stats=new)
+            state = _popart_step(state, data["value_targets"], lc.popart_beta)
 
         def epoch(state, key):
             minibatches = split_minibatches(data, key, num_mb, mb_size, minibatch_columns)
@@ -250,11 +272,7 @@ def make_update(
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["reward_mean"] = jnp.mean(batch["rewards"])  # as trained on (scaled by
         # return_norm, before reward_scale)
-        if lc.return_norm == "running":
-            metrics["return_std"] = jnp.sqrt(state.return_stats.var)
-        if popart:
-            metrics["return_std"] = state.return_stats.std
-            metrics["return_mean"] = state.return_stats.mean
+        metrics.update(_return_metrics(state, lc.return_norm))
         # A non-finite loss, gradient or new state leaves the state as it was (the step count
         # still advances); the trainer counts these and stops after too many in a row. The
         # diagnostics (rho_max, kl_behaviour, ...) are not looked at: an inf among them says
