@@ -39,25 +39,31 @@ CONFIG = "configs/driving.yaml"
 # name -> (overrides, why it is tried)
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "preset": ([], "configs/driving.yaml as it is"),
-    "running": (["learner.return_norm=running"], "rewards over the running return std"),
-    "popart": (["learner.return_norm=popart"], "PopArt's normalised value head"),
-    "entropy": (["learner.entropy_coef=0.001"], "an entropy bonus against early collapse"),
+    "no_entropy": (["learner.entropy_coef=0.0"], "no entropy bonus (the preset before 0.005)"),
+    "running": (
+        ["learner.entropy_coef=0.0", "learner.return_norm=running"],
+        "rewards over the running return std",
+    ),
+    "popart": (
+        ["learner.entropy_coef=0.0", "learner.return_norm=popart"],
+        "PopArt's normalised value head",
+    ),
     "wide": (["network.hidden=[256,256]"], "a larger network"),
     "layer_norm": (["network.layer_norm=true"], "layer-normalised torsos"),
     "epochs3": (["learner.epochs=3"], "more passes over each batch"),
     "lambda": (["learner.lambda_=0.99"], "longer V-trace traces"),
     "lstm": (["network.core=lstm"], "the recurrent core (docs/recurrent.md)"),
     "on_device": (["train.mode=on_device"], "the envs on the learner's devices"),
-    "on_device_entropy": (
-        ["train.mode=on_device", "learner.entropy_coef=0.005"],
+    "on_device_no_entropy": (
+        ["train.mode=on_device", "learner.entropy_coef=0.0"],
         "on device (on-policy) the policy's entropy falls faster than with the actors' lag",
     ),
     "on_device_clip": (
-        ["train.mode=on_device", "learner.clip_eps=0.1"],
+        ["train.mode=on_device", "learner.entropy_coef=0.0", "learner.clip_eps=0.1"],
         "a tighter trust region on device, where no policy lag slows each update",
     ),
     "on_device_popart": (
-        ["train.mode=on_device", "learner.return_norm=popart"],
+        ["train.mode=on_device", "learner.entropy_coef=0.0", "learner.return_norm=popart"],
         "PopArt in the on-device mode",
     ),
 }
