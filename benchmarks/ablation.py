@@ -9,12 +9,14 @@ controller.
 Each run is ``python -m jaxrl_impala.train --config configs/driving.yaml --set train.seed=S
 <the variant's overrides>`` in a fresh process (its clock starts at the command's start:
 imports, compiles and actor start-up count), then ``python -m jaxrl_impala.evaluate RUN
---episodes 100``. On 2 cores one run takes 3-5 minutes (the preset's 20M env steps in the
-actors mode). Runs go one at a time, since they share the machine's cores.
+--episodes 100``. On 2 cores a 20M-step run takes 3-5 minutes and the preset's 60M about
+10. Runs go one at a time, since they share the machine's cores. Most variants are measured
+against the preset before (``BEFORE``: 20M env steps, gamma 0.995), so that they compare
+with one another at a few minutes a run.
 
 The JSON is rewritten after every run, and a second command with the same ``--json`` keeps
-its results and runs only the (variant, seed) pairs it lacks: an interrupted ablation loses
-at most the run in progress. The JSON holds
+its results and runs only the (variant, seed) pairs it lacks with the same overrides: an
+interrupted ablation loses at most the run in progress. The JSON holds
 ``results`` (``variant, seed, overrides, command_seconds, fraction_of_scripted, agent,
 agent_sem, collisions, route_ends, time_limits``) and ``summary`` per variant (mean, min
 and max fraction, mean collisions), plus the machine. The PNG shows every seed's fraction
@@ -36,34 +38,59 @@ from _results import header, save_figure, write
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
 
+# The preset before gamma 0.999 and 60M env steps (2026-12-06). Most variants were measured
+# against it and keep it, so that their rows stay comparable with one another.
+BEFORE = ["train.total_env_steps=20000000", "learner.gamma=0.995"]
+
 # name -> (overrides, why it is tried)
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "preset": ([], "configs/driving.yaml as it is"),
-    "no_entropy": (["learner.entropy_coef=0.0"], "no entropy bonus (the preset before 0.005)"),
+    "preset": ([], "configs/driving.yaml as it is: gamma 0.999, 60M env steps"),
+    "gamma999_100m": (
+        ["train.total_env_steps=100000000"],
+        "the preset on 100M env steps, about as many as 20 minutes allow here",
+    ),
+    "gamma999_20m": (["train.total_env_steps=20000000"], "the preset on 20M env steps"),
+    "gamma999_lambda": (
+        ["learner.lambda_=0.99"],
+        "longer V-trace traces, to match the longer horizon",
+    ),
+    "before": (BEFORE, "the preset before: gamma 0.995, 20M env steps"),
+    "before_60m": (
+        ["train.total_env_steps=60000000", "learner.gamma=0.995"],
+        "the preset before on three times the samples (the linear lr schedule stretches)",
+    ),
+    "no_entropy": (
+        [*BEFORE, "learner.entropy_coef=0.0"],
+        "no entropy bonus (the preset before 0.005)",
+    ),
     "running": (
-        ["learner.entropy_coef=0.0", "learner.return_norm=running"],
+        [*BEFORE, "learner.entropy_coef=0.0", "learner.return_norm=running"],
         "rewards over the running return std",
     ),
     "popart": (
-        ["learner.entropy_coef=0.0", "learner.return_norm=popart"],
+        [*BEFORE, "learner.entropy_coef=0.0", "learner.return_norm=popart"],
         "PopArt's normalised value head",
     ),
-    "wide": (["network.hidden=[256,256]"], "a larger network"),
-    "layer_norm": (["network.layer_norm=true"], "layer-normalised torsos"),
-    "epochs3": (["learner.epochs=3"], "more passes over each batch"),
-    "lambda": (["learner.lambda_=0.99"], "longer V-trace traces"),
-    "lstm": (["network.core=lstm"], "the recurrent core (docs/recurrent.md)"),
-    "on_device": (["train.mode=on_device"], "the envs on the learner's devices"),
+    "wide": ([*BEFORE, "network.hidden=[256,256]"], "a larger network"),
+    "layer_norm": ([*BEFORE, "network.layer_norm=true"], "layer-normalised torsos"),
+    "epochs3": ([*BEFORE, "learner.epochs=3"], "more passes over each batch"),
+    "lambda": ([*BEFORE, "learner.lambda_=0.99"], "longer V-trace traces"),
+    "lstm": ([*BEFORE, "network.core=lstm"], "the recurrent core (docs/recurrent.md)"),
+    "collision30": (
+        [*BEFORE, "env.kwargs.reward_collision=-30.0"],
+        "a collision costs 30, not 10, in training and evaluation alike (stricter for the agent)",
+    ),
+    "on_device": ([*BEFORE, "train.mode=on_device"], "the envs on the learner's devices"),
     "on_device_no_entropy": (
-        ["train.mode=on_device", "learner.entropy_coef=0.0"],
+        [*BEFORE, "train.mode=on_device", "learner.entropy_coef=0.0"],
         "on device (on-policy) the policy's entropy falls faster than with the actors' lag",
     ),
     "on_device_clip": (
-        ["train.mode=on_device", "learner.entropy_coef=0.0", "learner.clip_eps=0.1"],
+        [*BEFORE, "train.mode=on_device", "learner.entropy_coef=0.0", "learner.clip_eps=0.1"],
         "a tighter trust region on device, where no policy lag slows each update",
     ),
     "on_device_popart": (
-        ["train.mode=on_device", "learner.entropy_coef=0.0", "learner.return_norm=popart"],
+        [*BEFORE, "train.mode=on_device", "learner.entropy_coef=0.0", "learner.return_norm=popart"],
         "PopArt in the on-device mode",
     ),
 }
@@ -166,16 +193,23 @@ def main() -> int:
     result = header("ablation", config=CONFIG)
     result["results"] = []
     if args.json.is_file():  # keep what an earlier command measured
-        earlier = json.loads(args.json.read_text())["results"]
-        result["results"] = [r for r in earlier if "error" not in r]
-    done = {(r["variant"], r["seed"]) for r in result["results"]}
+        earlier = json.loads(args.json.read_text())
+        result["results"] = [r for r in earlier["results"] if "error" not in r]
+        if "note" in earlier:  # what a person wrote about the earlier rows
+            result["note"] = earlier["note"]
+    # a row counts as done only for the same overrides: a variant redefined, or another --set,
+    # runs again (and replaces the row)
+    done = {(r["variant"], r["seed"], tuple(r["overrides"])) for r in result["results"]}
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="ablation_"))
     for seed in args.seeds:  # seed-major: a cut-short ablation still compares variants
         for variant in args.variants:
-            if (variant, seed) in done:
+            overrides = (*VARIANTS[variant][0], *args.set)
+            if (variant, seed, overrides) in done:
                 continue
             row = run_one(variant, seed, workdir, args.set)
-            result["results"].append(row)
+            result["results"] = [
+                r for r in result["results"] if (r["variant"], r["seed"]) != (variant, seed)
+            ] + [row]
             result["summary"] = summarise(result["results"])
             got = row.get("fraction_of_scripted")
             print(
