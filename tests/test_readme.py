@@ -61,6 +61,7 @@ INSTALL_AND_TRAIN = (
     "jaxrl_impala.train --config configs/driving.yaml --set train.total_env_steps=1000000 "
     "run.name=driving-short"
 )
+RESUME = "python -m jaxrl_impala.train --resume runs/driving --set train.total_env_steps=100000000"
 REDIS_URL = "transport.url=redis://hostA:6379/0"  # the password comes from REDIS_PASSWORD
 REDIS_TRAIN = (
     f"python -m jaxrl_impala.train --config configs/driving.yaml --set transport.kind=redis "
@@ -84,9 +85,7 @@ COMMANDS = {
     "python -m jaxrl_impala.train --config configs/driving.yaml --set run.name=driving": (
         DRIVING_RUN
     ),
-    "python -m jaxrl_impala.train --resume runs/driving --set train.total_env_steps=30000000": (
-        "-m jaxrl_impala.train --resume {tmp}/driving --set train.total_env_steps=2048"
-    ),
+    RESUME: "-m jaxrl_impala.train --resume {tmp}/driving --set train.total_env_steps=2048",
     "python -m jaxrl_impala.evaluate runs/driving --episodes 100": (
         "-m jaxrl_impala.evaluate {tmp}/driving --episodes 2"
     ),
@@ -171,9 +170,7 @@ def test_readme_train_resume_evaluate_plot_commands_run(tmp_path):
             saved = final_record(tmp_path / "driving")["env_steps"]
 
     # The train ran to its budget of 1024 and the resume continued it to 2048.
-    resume = COMMANDS[
-        "python -m jaxrl_impala.train --resume runs/driving --set train.total_env_steps=30000000"
-    ]
+    resume = COMMANDS[RESUME]
     assert 1024 <= saved < 2048 and f"at env_steps={saved}" in outputs[resume], outputs[resume]
     assert final_record(tmp_path / "driving")["env_steps"] >= 2048
     evaluation = outputs[COMMANDS["python -m jaxrl_impala.evaluate runs/driving --episodes 100"]]
