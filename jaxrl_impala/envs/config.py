@@ -110,6 +110,10 @@ class DrivingConfig:
     hands a planner): crossing and within ``lidar_range`` of the ego along the road, its arc
     length ahead, lateral offset from the ego and walking speed; nearest first. Thin LiDAR
     beams see a crossing pedestrian on one beam for a few steps at a time."""
+    lidar_closing_speed: bool = False
+    """Append, per LiDAR beam, how fast the vehicle it hits closes in (m/s along the beam,
+    over ``max_speed``; 0 when it hits none) to the ``vector`` observation: a radar's
+    Doppler channel. One range reading does not tell a slower car ahead from a faster one."""
     curvature_preview: tuple[float, ...] = (0.0, 10.0, 20.0, 35.0, 50.0)
     """Distances ahead (metres) at which the road curvature is observed."""
     pixels_size: int = 64
@@ -192,7 +196,8 @@ class DrivingConfig:
     @property
     def vector_obs_size(self) -> int:
         tracks = 4 * self.num_pedestrians if self.pedestrian_tracks else 0
-        return 3 * self.lidar_beams + len(self.curvature_preview) + 12 + tracks
+        rates = self.lidar_beams if self.lidar_closing_speed else 0
+        return 3 * self.lidar_beams + len(self.curvature_preview) + 12 + tracks + rates
 
     @property
     def num_discrete_actions(self) -> int:

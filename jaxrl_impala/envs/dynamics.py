@@ -405,16 +405,11 @@ def beam_angles(cfg: DrivingConfig) -> jax.Array:
     return jnp.arange(cfg.lidar_beams, dtype=jnp.float32) * (2.0 * jnp.pi / cfg.lidar_beams)
 
 
-def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
-    """Distances (metres, capped at ``lidar_range``) along each beam. float32 [3, beams].
-
-    Rows: vehicles, pedestrians, road edges.
-    """
+def _vehicle_beams(cfg: DrivingConfig, state: EnvState, ux: jax.Array, uy: jax.Array):
+    """Per beam (world directions ``ux, uy`` [K]): the distance to the nearest vehicle
+    (``lidar_range`` when none) and whether one is hit, each [K], and the hits [K, N]."""
     rng = cfg.lidar_range
-    ang = state.psi + beam_angles(cfg)
-    ux, uy = jnp.cos(ang), jnp.sin(ang)  # [K]
-
-    # vehicles: slab test against each oriented box, in the box frame. [K, N]
+    # slab test against each oriented box, in the box frame. [K, N]
     vx, vy, vpsi = vehicle_poses(state)
     c, sn = jnp.cos(vpsi)[None], jnp.sin(vpsi)[None]
     ox, oy = state.x - vx[None], state.y - vy[None]
@@ -431,6 +426,35 @@ def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     t_near, t_far = jnp.maximum(tx0, ty0), jnp.minimum(tx1, ty1)
     hit = (t_far >= jnp.maximum(t_near, 0.0)) & (t_near < rng)
     r_veh = jnp.min(jnp.where(hit, jnp.maximum(t_near, 0.0), rng), axis=1)
+    return r_veh, hit & (jnp.maximum(t_near, 0.0) <= r_veh[:, None])
+
+
+def closing_speeds(cfg: DrivingConfig, state: EnvState) -> jax.Array:
+    """How fast the vehicle each LiDAR beam hits approaches the ego along the beam (m/s,
+    positive when the gap shrinks; 0 when the beam hits no vehicle). float32 [beams].
+
+    What a radar's Doppler channel measures: the ego's velocity minus the vehicle's,
+    projected on the beam. A range alone does not tell a parked car from one driving away.
+    """
+    ang = state.psi + beam_angles(cfg)
+    ux, uy = jnp.cos(ang), jnp.sin(ang)  # [K]
+    _, nearest = _vehicle_beams(cfg, state, ux, uy)  # [K, N]
+    j = jnp.argmax(nearest, axis=1)
+    vx, vy = state.veh_v * jnp.cos(state.veh_psi), state.veh_v * jnp.sin(state.veh_psi)  # [N]
+    rel_x = state.v * jnp.cos(state.psi) - vx[j]
+    rel_y = state.v * jnp.sin(state.psi) - vy[j]
+    return jnp.where(jnp.any(nearest, axis=1), rel_x * ux + rel_y * uy, 0.0)
+
+
+def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
+    """Distances (metres, capped at ``lidar_range``) along each beam. float32 [3, beams].
+
+    Rows: vehicles, pedestrians, road edges.
+    """
+    rng = cfg.lidar_range
+    ang = state.psi + beam_angles(cfg)
+    ux, uy = jnp.cos(ang), jnp.sin(ang)  # [K]
+    r_veh, _ = _vehicle_beams(cfg, state, ux, uy)
 
     # pedestrians: ray-circle. [K, P]
     px, py = pedestrian_positions(state)
@@ -510,7 +534,8 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     speed limit / max, heading error / pi, offset from the lane centre / lane width, offset from
     the road centre / half width, previous steer, throttle, brake, friction mu, slope / 0.1,
     route completion, grip use (|a| / mu g); with ``pedestrian_tracks``, [P, 4] more (see
-    `pedestrian_tracks`).
+    `pedestrian_tracks`); with ``lidar_closing_speed``, [K] more (`closing_speeds` /
+    max_speed).
     """
     ranges = lidar(cfg, state) / cfg.lidar_range
     if cfg.lidar_noise_std > 0.0 or cfg.lidar_dropout > 0.0:
@@ -542,6 +567,8 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     feats = jnp.concatenate([kap * cfg.min_radius, extras])
     if cfg.pedestrian_tracks:
         feats = jnp.concatenate([feats, pedestrian_tracks(cfg, state).reshape(-1)])
+    if cfg.lidar_closing_speed:
+        feats = jnp.concatenate([feats, closing_speeds(cfg, state) / cfg.max_speed])
     return jnp.concatenate([ranges, jnp.clip(feats, -1.0, 1.0)]).astype(jnp.float32)
 
 

@@ -211,6 +211,56 @@ def test_pedestrian_tracks_match_a_loop_over_pedestrians():
     env.close()
 
 
+def _closing_speed_reference(cfg, st, i, k, r):
+    """Closing speed on beam k of env i, whose vehicle range is r metres, the slow way: the
+    point just past r along the beam lies inside the hit car's box; None when not exactly one."""
+    ang = float(st.psi[i]) + 2 * np.pi * k / cfg.lidar_beams
+    u = np.array([np.cos(ang), np.sin(ang)])
+    px, py = np.array([float(st.x[i]), float(st.y[i])]) + (r + 0.02) * u
+    inside = []
+    for n in range(cfg.num_vehicles):
+        c, s = np.cos(float(st.veh_psi[i][n])), np.sin(float(st.veh_psi[i][n]))
+        dx, dy = px - float(st.veh_x[i][n]), py - float(st.veh_y[i][n])
+        lon, lat = c * dx + s * dy, -s * dx + c * dy
+        if abs(lon) <= cfg.car_length / 2 and abs(lat) <= cfg.car_width / 2:
+            inside.append(n)
+    if len(inside) != 1:
+        return None
+    n = inside[0]
+    ego = float(st.v[i]) * np.array([np.cos(float(st.psi[i])), np.sin(float(st.psi[i]))])
+    car = float(st.veh_v[i][n]) * np.array([np.cos(float(st.veh_psi[i][n])),
+                                             np.sin(float(st.veh_psi[i][n]))])  # fmt: skip
+    return float((ego - car) @ u)
+
+
+def test_closing_speeds_match_the_car_each_beam_hits():
+    env = DrivingVectorEnv(NUM_ENVS, lidar_closing_speed=True, **SHORT)
+    cfg, k = env.cfg, env.cfg.lidar_beams
+    assert env.single_observation_space.shape == (3 * k + len(cfg.curvature_preview) + 12 + k,)
+    env.reset(seed=3)
+    checked = moving = 0
+    for t in range(100):
+        obs, *_ = env.step(env.scripted_actions())
+        if t % 5:
+            continue
+        st = env.state
+        rates = obs[:, -k:] * cfg.max_speed
+        for i in range(NUM_ENVS):
+            for b in range(k):
+                r = float(obs[i, b]) * cfg.lidar_range
+                if r >= cfg.lidar_range - 1e-3:  # no car on this beam: no closing speed
+                    assert rates[i, b] == 0.0
+                    continue
+                want = _closing_speed_reference(cfg, st, i, b, r)
+                if want is None:
+                    continue
+                np.testing.assert_allclose(rates[i, b], np.clip(want, -40, 40), atol=2e-3 * 40)
+                checked += 1
+                moving += abs(want) > 1.0
+    assert checked >= 30 and moving >= 10, (checked, moving)
+    env.close()
+
+
 def test_evaluation_counts_how_each_episode_ended(vec_env):
     from jaxrl_impala.actor.envs import env_spaces
     from jaxrl_impala.config import load_config
