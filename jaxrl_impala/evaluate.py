@@ -2,9 +2,12 @@
 scripted controller and random actions on the same seeds (DrivingEnv).
 
     python -m jaxrl_impala.evaluate RUN_DIR [--episodes 100] [--seed 2000000]
+        [--set env.kwargs.reward_collision=-10 ...]
 
 The seeds default to a range disjoint from training and from the trainer's periodic
-evaluation. Prints one line per policy and the ratio to the scripted controller.
+evaluation. Prints one line per policy and the ratio to the scripted controller. ``--set``
+evaluates under other env settings than the run trained on (``env.*`` keys only): a run
+trained on a shaped reward scored by the default one, or a policy under sensor noise.
 """
 
 from __future__ import annotations
@@ -12,24 +15,48 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from jaxrl_impala.cli import add_run_dir, command_parser
-from jaxrl_impala.config import DRIVING_ENV_ID, ConfigError, load_config
+from jaxrl_impala.config import DRIVING_ENV_ID, Config, ConfigError, load_config
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
 
 
-def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
-    """The newest checkpoint of ``run_dir`` against the scripted and random drivers."""
+def env_overridden(config_path: Path, overrides: Sequence[str]) -> tuple[Config, Config]:
+    """``(the run's config, that config with the env.* overrides)``, for an evaluation under
+    other env settings than training's. Raises ConfigError for another section's key, or for
+    a change of the observation or action space (the policy could not read or drive it)."""
+    run_config = load_config(config_path)
+    if not overrides:
+        return run_config, run_config
+    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("env.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: evaluate takes env.* keys only")
+    from jaxrl_impala.actor.envs import env_spaces
+
+    config = load_config(config_path, overrides)
+    before, after = env_spaces(run_config)[:2], env_spaces(config)[:2]
+    if before != after:
+        raise ConfigError(
+            f"--set {' '.join(overrides)}: changes the env's spaces from {before} to {after}; "
+            "the run's policy cannot act in it"
+        )
+    return run_config, config
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int, overrides: Sequence[str] = ()) -> dict:
+    """The newest checkpoint of ``run_dir`` against the scripted and random drivers, in the
+    run's env or, with ``overrides`` (``env.*`` keys), in that env changed."""
     import jax
 
     from jaxrl_impala.actor.envs import env_kwargs
     from jaxrl_impala.train.evaluation import evaluate
     from jaxrl_impala.train.setup import setup
 
-    config = load_config(run_dir / "config.yaml")
-    s = setup(config)
+    run_config, config = env_overridden(run_dir / "config.yaml", overrides)
+    s = setup(run_config)
     restored = Checkpointer(run_dir).restore(s.init_state(jax.random.PRNGKey(0)))
     if restored is None:
         raise TrainError(f"{run_dir}: no readable checkpoint")
@@ -41,6 +68,7 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> dict:
         "env_steps": meta["env_steps"],
         "episodes": episodes,
         "seed": seed,
+        "overrides": list(overrides),
         "agent": float(returns.mean()),
         "agent_std": float(returns.std()),
         "agent_sem": float(returns.std() / max(1, episodes - 1) ** 0.5),
@@ -80,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="evaluate under other env settings than the run's (env.* keys only; the "
+        "observation and action spaces must stay the run's), e.g. "
+        "env.kwargs.reward_collision=-10 (default: none)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="PATH",
@@ -96,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run_dir}: not a run directory (no config.yaml)", file=sys.stderr)
         return 2
     try:
-        out = evaluate_run(args.run_dir, args.episodes, args.seed)
+        out = evaluate_run(args.run_dir, args.episodes, args.seed, args.set)
     except (ConfigError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{out['checkpoint']} ({out['env_steps']} env steps), {out['episodes']} episodes "
-          f"from seed {out['seed']}:")  # fmt: skip
+          f"from seed {out['seed']}" + (f", with {' '.join(args.set)}" if args.set else "")
+          + ":")  # fmt: skip
     print(f"  agent (greedy) {out['agent']:8.2f} +- {out['agent_sem']:.2f} (s.e.)")
     if "scripted" in out:
         print(f"  scripted       {out['scripted']:8.2f}")
