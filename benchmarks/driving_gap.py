@@ -161,7 +161,7 @@ def main() -> int:
     for h in hits:
         print(
             f"  collision: episode {h['episode']} step {h['step']}, {h['ego_speed']} m/s "
-            f"(limit {h['speed_limit']}), {h['completion']:.0%} of the route, hit a "
+            f"(limit {h['speed_limit']}), {h['completion']:.0%} of the route; hit: "
             f"{h['hit']} {h['ahead']} m ahead at d={h['other_d']} (ego d={h['ego_d']})"
         )
     if args.json:
