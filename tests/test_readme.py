@@ -90,6 +90,9 @@ COMMANDS = {
         "-m jaxrl_impala.evaluate {tmp}/driving --episodes 2"
     ),
     "python -m jaxrl_impala.plot runs/driving": "-m jaxrl_impala.plot {tmp}/driving",
+    "python benchmarks/driving_gap.py runs/driving": (
+        "benchmarks/driving_gap.py {tmp}/driving --episodes 2"
+    ),
     "python -m jaxrl_impala.train --config configs/cartpole.yaml": (
         "-m jaxrl_impala.train --config configs/cartpole.yaml --set train.total_env_steps=2048 "
         "eval.every_env_steps=1024 eval.episodes=2 train.compile_cache={cache} "
@@ -175,6 +178,8 @@ def test_readme_train_resume_evaluate_plot_commands_run(tmp_path):
     assert final_record(tmp_path / "driving")["env_steps"] >= 2048
     evaluation = outputs[COMMANDS["python -m jaxrl_impala.evaluate runs/driving --episodes 100"]]
     assert "scripted" in evaluation and "random" in evaluation, evaluation
+    gap = outputs[COMMANDS["python benchmarks/driving_gap.py runs/driving"]]
+    assert "2 episodes from seed 2000000" in gap and "per episode" in gap, gap
     plotted = outputs[COMMANDS["python -m jaxrl_impala.plot runs/driving"]].splitlines()
     plots = [Path(line) for line in plotted if line.endswith(".png")]
     assert plots and all(p.is_file() for p in plots), plotted
