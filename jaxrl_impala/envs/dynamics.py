@@ -429,32 +429,20 @@ def _vehicle_beams(cfg: DrivingConfig, state: EnvState, ux: jax.Array, uy: jax.A
     return r_veh, hit & (jnp.maximum(t_near, 0.0) <= r_veh[:, None])
 
 
-def closing_speeds(cfg: DrivingConfig, state: EnvState) -> jax.Array:
-    """How fast the vehicle each LiDAR beam hits approaches the ego along the beam (m/s,
-    positive when the gap shrinks; 0 when the beam hits no vehicle). float32 [beams].
-
-    What a radar's Doppler channel measures: the ego's velocity minus the vehicle's,
-    projected on the beam. A range alone does not tell a parked car from one driving away.
-    """
+def _scan(cfg: DrivingConfig, state: EnvState) -> tuple[jax.Array, jax.Array]:
+    """One LiDAR sweep: ``(lidar ranges [3, K], closing speeds [K])``, see `lidar` and
+    `closing_speeds` (under jit, what a caller does not use is not computed)."""
+    rng = cfg.lidar_range
     ang = state.psi + beam_angles(cfg)
     ux, uy = jnp.cos(ang), jnp.sin(ang)  # [K]
-    _, nearest = _vehicle_beams(cfg, state, ux, uy)  # [K, N]
+    r_veh, nearest = _vehicle_beams(cfg, state, ux, uy)  # [K], [K, N]
+
+    # closing speed of the vehicle each beam hits: (ego velocity - its velocity) . beam
     j = jnp.argmax(nearest, axis=1)
     vx, vy = state.veh_v * jnp.cos(state.veh_psi), state.veh_v * jnp.sin(state.veh_psi)  # [N]
     rel_x = state.v * jnp.cos(state.psi) - vx[j]
     rel_y = state.v * jnp.sin(state.psi) - vy[j]
-    return jnp.where(jnp.any(nearest, axis=1), rel_x * ux + rel_y * uy, 0.0)
-
-
-def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
-    """Distances (metres, capped at ``lidar_range``) along each beam. float32 [3, beams].
-
-    Rows: vehicles, pedestrians, road edges.
-    """
-    rng = cfg.lidar_range
-    ang = state.psi + beam_angles(cfg)
-    ux, uy = jnp.cos(ang), jnp.sin(ang)  # [K]
-    r_veh, _ = _vehicle_beams(cfg, state, ux, uy)
+    closing = jnp.where(jnp.any(nearest, axis=1), rel_x * ux + rel_y * uy, 0.0)
 
     # pedestrians: ray-circle. [K, P]
     px, py = pedestrian_positions(state)
@@ -467,7 +455,25 @@ def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     r_ped = jnp.min(jnp.where(hit, jnp.maximum(t_ped, 0.0), rng), axis=1)
 
     r_edge = _edge_ranges(cfg, state, ux, uy)
-    return jnp.stack([r_veh, r_ped, r_edge])
+    return jnp.stack([r_veh, r_ped, r_edge]), closing
+
+
+def lidar(cfg: DrivingConfig, state: EnvState) -> jax.Array:
+    """Distances (metres, capped at ``lidar_range``) along each beam. float32 [3, beams].
+
+    Rows: vehicles, pedestrians, road edges.
+    """
+    return _scan(cfg, state)[0]
+
+
+def closing_speeds(cfg: DrivingConfig, state: EnvState) -> jax.Array:
+    """How fast the vehicle each LiDAR beam hits approaches the ego along the beam (m/s,
+    positive when the gap shrinks; 0 when the beam hits no vehicle). float32 [beams].
+
+    What a radar's Doppler channel measures: the ego's velocity minus the vehicle's,
+    projected on the beam. A range alone does not tell a parked car from one driving away.
+    """
+    return _scan(cfg, state)[1]
 
 
 def _window(cfg: DrivingConfig, ahead: float, behind: float) -> tuple[int, ...]:
@@ -537,7 +543,8 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     `pedestrian_tracks`); with ``lidar_closing_speed``, [K] more (`closing_speeds` /
     max_speed).
     """
-    ranges = lidar(cfg, state) / cfg.lidar_range
+    ranges, closing = _scan(cfg, state)
+    ranges = ranges / cfg.lidar_range
     if cfg.lidar_noise_std > 0.0 or cfg.lidar_dropout > 0.0:
         rnd = _Draws(key)
         ranges = ranges + cfg.lidar_noise_std * rnd.normal(ranges.shape)
@@ -568,7 +575,7 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     if cfg.pedestrian_tracks:
         feats = jnp.concatenate([feats, pedestrian_tracks(cfg, state).reshape(-1)])
     if cfg.lidar_closing_speed:
-        feats = jnp.concatenate([feats, closing_speeds(cfg, state) / cfg.max_speed])
+        feats = jnp.concatenate([feats, closing / cfg.max_speed])
     return jnp.concatenate([ranges, jnp.clip(feats, -1.0, 1.0)]).astype(jnp.float32)
 
 
