@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from jaxrl_impala.config import ConfigError
+from jaxrl_impala.errors import TrainError
+from jaxrl_impala.evaluate import EVAL_SEED, load_run
 
 
 def drive(env, base, act, seed: int, episodes: int, limit: int):
@@ -82,26 +84,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=2_000_000)
+    p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="env.* only")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import jax
-
     from jaxrl_impala.actor.envs import make_vector_env
-    from jaxrl_impala.evaluate import env_overridden
-    from jaxrl_impala.io.checkpoints import Checkpointer
     from jaxrl_impala.train.evaluation import GreedyActor
-    from jaxrl_impala.train.setup import setup
 
-    run_config, config = env_overridden(args.run_dir / "config.yaml", args.set)
-    s = setup(run_config)
-    restored = Checkpointer(args.run_dir).restore(s.init_state(jax.random.PRNGKey(0)))
-    if restored is None:
-        print(f"error: {args.run_dir}: no readable checkpoint", file=sys.stderr)
+    try:
+        config, s, state, *_ = load_run(args.run_dir, args.set)
+    except (ConfigError, TrainError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    state = restored[0]
     env = make_vector_env(config, args.episodes)
     base = env
     while hasattr(base, "env"):  # the DrivingVectorEnv under any wrappers

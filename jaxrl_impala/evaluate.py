@@ -23,6 +23,9 @@ from jaxrl_impala.config import DRIVING_ENV_ID, Config, ConfigError, load_config
 from jaxrl_impala.errors import TrainError
 from jaxrl_impala.io.checkpoints import Checkpointer
 
+EVAL_SEED = 2_000_000
+"""First env seed of `evaluate`: disjoint from training and from the trainer's evaluations."""
+
 
 def env_overridden(config_path: Path, overrides: Sequence[str]) -> tuple[Config, Config]:
     """``(the run's config, that config with the env.* overrides)``, for an evaluation under
@@ -46,13 +49,12 @@ def env_overridden(config_path: Path, overrides: Sequence[str]) -> tuple[Config,
     return run_config, config
 
 
-def evaluate_run(run_dir: Path, episodes: int, seed: int, overrides: Sequence[str] = ()) -> dict:
-    """The newest checkpoint of ``run_dir`` against the scripted and random drivers, in the
-    run's env or, with ``overrides`` (``env.*`` keys), in that env changed."""
+def load_run(run_dir: Path, overrides: Sequence[str] = ()):
+    """``(config, setup, state, meta, path)``: the config to evaluate in (the run's, with the
+    ``env.*`` overrides), the run's `setup`, and its newest checkpoint's train state, meta
+    and path. Raises ConfigError (see `env_overridden`) or TrainError (no checkpoint)."""
     import jax
 
-    from jaxrl_impala.actor.envs import env_kwargs
-    from jaxrl_impala.train.evaluation import evaluate
     from jaxrl_impala.train.setup import setup
 
     run_config, config = env_overridden(run_dir / "config.yaml", overrides)
@@ -60,7 +62,16 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int, overrides: Sequence[st
     restored = Checkpointer(run_dir).restore(s.init_state(jax.random.PRNGKey(0)))
     if restored is None:
         raise TrainError(f"{run_dir}: no readable checkpoint")
-    state, meta, path = restored
+    return (config, s, *restored)
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int, overrides: Sequence[str] = ()) -> dict:
+    """The newest checkpoint of ``run_dir`` against the scripted and random drivers, in the
+    run's env or, with ``overrides`` (``env.*`` keys), in that env changed."""
+    from jaxrl_impala.actor.envs import env_kwargs
+    from jaxrl_impala.train.evaluation import evaluate
+
+    config, s, state, meta, path = load_run(run_dir, overrides)
     ends: dict[str, int] = {}
     returns = evaluate(config, s.policy, state.params, state.obs_stats, episodes, seed, ends)
     out = {
@@ -103,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed",
         type=int,
-        default=2_000_000,
+        default=EVAL_SEED,
         help="first env seed, disjoint from training and from the trainer's evaluations "
         "(default: %(default)s)",
     )
