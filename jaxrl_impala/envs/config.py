@@ -110,6 +110,11 @@ class DrivingConfig:
     hands a planner): crossing and within ``lidar_range`` of the ego along the road, its arc
     length ahead, lateral offset from the ego and walking speed; nearest first. Thin LiDAR
     beams see a crossing pedestrian on one beam for a few steps at a time."""
+    pedestrian_forecast: bool = False
+    """Two more columns per pedestrian track (needs ``pedestrian_tracks``), what a prediction
+    stage hands a planner: the seconds until the ego reaches the pedestrian at its current
+    speed (over 4 s), and the pedestrian's lateral offset from the ego by then, walking on at
+    its speed (the same rule the scripted controller brakes by)."""
     lidar_closing_speed: bool = False
     """Append, per LiDAR beam, how fast the vehicle it hits closes in (m/s along the beam,
     over ``max_speed``; 0 when it hits none) to the ``vector`` observation: a radar's
@@ -167,6 +172,8 @@ class DrivingConfig:
             fail("surface_probs", "must sum to 1")
         if not 0.0 <= self.lidar_dropout < 1.0 or self.lidar_noise_std < 0:
             fail("lidar_dropout", "lidar_dropout must be in [0, 1), lidar_noise_std >= 0")
+        if self.pedestrian_forecast and not self.pedestrian_tracks:
+            fail("pedestrian_forecast", "extends the tracks: needs pedestrian_tracks=True")
 
     # --- derived sizes (static) -----------------------------------------------------------------
     @property
@@ -195,7 +202,8 @@ class DrivingConfig:
 
     @property
     def vector_obs_size(self) -> int:
-        tracks = 4 * self.num_pedestrians if self.pedestrian_tracks else 0
+        width = 6 if self.pedestrian_forecast else 4
+        tracks = width * self.num_pedestrians if self.pedestrian_tracks else 0
         rates = self.lidar_beams if self.lidar_closing_speed else 0
         return 3 * self.lidar_beams + len(self.curvature_preview) + 12 + tracks + rates
 

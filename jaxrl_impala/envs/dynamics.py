@@ -539,9 +539,9 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     within range); curvature preview [len(curvature_preview)] (kappa * min_radius); speed / max,
     speed limit / max, heading error / pi, offset from the lane centre / lane width, offset from
     the road centre / half width, previous steer, throttle, brake, friction mu, slope / 0.1,
-    route completion, grip use (|a| / mu g); with ``pedestrian_tracks``, [P, 4] more (see
-    `pedestrian_tracks`); with ``lidar_closing_speed``, [K] more (`closing_speeds` /
-    max_speed).
+    route completion, grip use (|a| / mu g); with ``pedestrian_tracks``, [P, 4] more ([P, 6]
+    with ``pedestrian_forecast``; see `pedestrian_tracks`); with ``lidar_closing_speed``, [K]
+    more (`closing_speeds` / max_speed).
     """
     ranges, closing = _scan(cfg, state)
     ranges = ranges / cfg.lidar_range
@@ -580,23 +580,29 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
 
 
 def pedestrian_tracks(cfg: DrivingConfig, state: EnvState) -> jax.Array:
-    """One row per pedestrian, nearest first. float32 [P, 4].
+    """One row per pedestrian, nearest first. float32 [P, 4] ([P, 6] with the forecast).
 
     Row: ``[1, (s_ped - s) / lidar_range, (d_ped - d) / (2 * road half width), v_d / 2 m/s]``
     for a pedestrian crossing within ``lidar_range`` of the ego's arc length ``s`` (ahead or
     behind), ``[0, 0, 0, 0]`` for the others (waiting, or out of range), which sort last.
+    With ``pedestrian_forecast``, two more: ``t / 4 s``, where ``t = (s_ped - s) / max(v, 1
+    m/s)`` clipped to [0, 4] s is when the ego reaches the pedestrian at its current speed,
+    and ``(d_ped + v_d t - d) / (2 * road half width)``, the pedestrian's lateral offset from
+    the ego by then (the scripted controller's prediction, `scripted_action`).
     """
     ahead = state.ped_s - state.s
     seen = state.ped_active & (jnp.abs(ahead) <= cfg.lidar_range)
-    rows = jnp.stack(
-        [
-            jnp.ones_like(ahead),
-            ahead / cfg.lidar_range,
-            (state.ped_d - state.d) / (2.0 * cfg.road_half_width),
-            state.ped_vd / 2.0,
-        ],
-        axis=-1,
-    )
+    width = 2.0 * cfg.road_half_width
+    cols = [
+        jnp.ones_like(ahead),
+        ahead / cfg.lidar_range,
+        (state.ped_d - state.d) / width,
+        state.ped_vd / 2.0,
+    ]
+    if cfg.pedestrian_forecast:
+        t = jnp.clip(ahead / jnp.maximum(state.v, 1.0), 0.0, 4.0)
+        cols += [t / 4.0, (state.ped_d + state.ped_vd * t - state.d) / width]
+    rows = jnp.stack(cols, axis=-1)
     rows = jnp.where(seen[:, None], rows, 0.0)
     order = jnp.argsort(jnp.where(seen, jnp.abs(ahead), jnp.inf))
     return rows[order]

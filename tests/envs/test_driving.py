@@ -173,25 +173,31 @@ def test_discrete_scripted_and_gif(tmp_path):
     assert data[:6] == b"GIF89a" and data[-1:] == b";" and len(data) > 1000
 
 
-def _tracks_reference(cfg, s, d, ped_s, ped_d, ped_vd, ped_active) -> np.ndarray:
+def _tracks_reference(cfg, s, d, v, ped_s, ped_d, ped_vd, ped_active) -> np.ndarray:
     """pedestrian_tracks of one env, the slow way: a loop, then a sort by distance."""
-    rows = []
+    rows, width = [], 2 * cfg.road_half_width
     for p in range(len(ped_s)):
         ahead = float(ped_s[p]) - float(s)
         if ped_active[p] and abs(ahead) <= cfg.lidar_range:
-            rows.append((abs(ahead), [1.0, ahead / cfg.lidar_range,
-                                      (float(ped_d[p]) - float(d)) / (2 * cfg.road_half_width),
-                                      float(ped_vd[p]) / 2.0]))  # fmt: skip
+            row = [1.0, ahead / cfg.lidar_range, (float(ped_d[p]) - float(d)) / width,
+                   float(ped_vd[p]) / 2.0]  # fmt: skip
+            if cfg.pedestrian_forecast:  # when the ego gets there, and where the walker is then
+                t = min(max(ahead / max(float(v), 1.0), 0.0), 4.0)
+                row += [t / 4.0, (float(ped_d[p]) + float(ped_vd[p]) * t - float(d)) / width]
+            rows.append((abs(ahead), row))
     rows.sort(key=lambda r: r[0])
-    out = [r[1] for r in rows] + [[0.0] * 4] * (len(ped_s) - len(rows))
+    cols = 6 if cfg.pedestrian_forecast else 4
+    out = [r[1] for r in rows] + [[0.0] * cols] * (len(ped_s) - len(rows))
     return np.clip(np.asarray(out, np.float32), -1.0, 1.0)
 
 
-def test_pedestrian_tracks_match_a_loop_over_pedestrians():
-    env = DrivingVectorEnv(NUM_ENVS, pedestrian_tracks=True, **SHORT)
+@pytest.mark.parametrize("forecast", [False, True], ids=["tracks", "forecast"])
+def test_pedestrian_tracks_match_a_loop_over_pedestrians(forecast):
+    env = DrivingVectorEnv(NUM_ENVS, pedestrian_tracks=True, pedestrian_forecast=forecast, **SHORT)
     cfg, k = env.cfg, env.cfg.lidar_beams
-    p = cfg.num_pedestrians
-    assert env.single_observation_space.shape == (3 * k + len(cfg.curvature_preview) + 12 + 4 * p,)
+    p, cols = cfg.num_pedestrians, 6 if forecast else 4
+    want_size = 3 * k + len(cfg.curvature_preview) + 12 + cols * p
+    assert env.single_observation_space.shape == (want_size,)
     env.reset(seed=2)
     seen = both = 0
     for t in range(120):
@@ -199,9 +205,9 @@ def test_pedestrian_tracks_match_a_loop_over_pedestrians():
         if t % 10:
             continue
         st = env.state
-        got = obs[:, -4 * p :].reshape(NUM_ENVS, p, 4)
+        got = obs[:, -cols * p :].reshape(NUM_ENVS, p, cols)
         for i in range(NUM_ENVS):
-            want = _tracks_reference(cfg, st.s[i], st.d[i], st.ped_s[i], st.ped_d[i],
+            want = _tracks_reference(cfg, st.s[i], st.d[i], st.v[i], st.ped_s[i], st.ped_d[i],
                                      st.ped_vd[i], st.ped_active[i])  # fmt: skip
             np.testing.assert_allclose(got[i], want, atol=1e-5, err_msg=f"t={t} env={i}")
             seen += int(want[:, 0].sum())
@@ -209,6 +215,11 @@ def test_pedestrian_tracks_match_a_loop_over_pedestrians():
     # pedestrians were in range often enough, and together, for the sort to be tested
     assert seen >= 20 and both >= 3, (seen, both)
     env.close()
+
+
+def test_pedestrian_forecast_needs_the_tracks():
+    with pytest.raises(ValueError, match="pedestrian_forecast.*pedestrian_tracks"):
+        DrivingVectorEnv(2, pedestrian_forecast=True, **SHORT)
 
 
 def _closing_speed_reference(cfg, st, i, k, r):
