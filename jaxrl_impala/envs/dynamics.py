@@ -579,6 +579,20 @@ def vector_obs(cfg: DrivingConfig, state: EnvState, key: jax.Array) -> jax.Array
     return jnp.concatenate([ranges, jnp.clip(feats, -1.0, 1.0)]).astype(jnp.float32)
 
 
+_FORECAST_HORIZON = 4.0  # seconds a pedestrian's walk is extrapolated
+
+
+def pedestrian_forecast(state: EnvState) -> tuple[jax.Array, jax.Array]:
+    """When the ego reaches each pedestrian and where the pedestrian is then. [P] each.
+
+    ``t = (s_ped - s) / max(v, 1 m/s)`` clipped to [0, 4] s, and the pedestrian's lateral
+    road coordinate ``d_ped + v_d t`` walking on at its speed: the prediction the scripted
+    controller brakes by, and the forecast columns of `pedestrian_tracks`.
+    """
+    t = jnp.clip((state.ped_s - state.s) / jnp.maximum(state.v, 1.0), 0.0, _FORECAST_HORIZON)
+    return t, state.ped_d + state.ped_vd * t
+
+
 def pedestrian_tracks(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     """One row per pedestrian, nearest first. float32 [P, 4] ([P, 6] with the forecast).
 
@@ -588,7 +602,7 @@ def pedestrian_tracks(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     With ``pedestrian_forecast``, two more: ``t / 4 s``, where ``t = (s_ped - s) / max(v, 1
     m/s)`` clipped to [0, 4] s is when the ego reaches the pedestrian at its current speed,
     and ``(d_ped + v_d t - d) / (2 * road half width)``, the pedestrian's lateral offset from
-    the ego by then (the scripted controller's prediction, `scripted_action`).
+    the ego by then (`pedestrian_forecast`, the scripted controller's prediction).
     """
     ahead = state.ped_s - state.s
     seen = state.ped_active & (jnp.abs(ahead) <= cfg.lidar_range)
@@ -600,8 +614,8 @@ def pedestrian_tracks(cfg: DrivingConfig, state: EnvState) -> jax.Array:
         state.ped_vd / 2.0,
     ]
     if cfg.pedestrian_forecast:
-        t = jnp.clip(ahead / jnp.maximum(state.v, 1.0), 0.0, 4.0)
-        cols += [t / 4.0, (state.ped_d + state.ped_vd * t - state.d) / width]
+        t, d_pred = pedestrian_forecast(state)
+        cols += [t / _FORECAST_HORIZON, (d_pred - state.d) / width]
     rows = jnp.stack(cols, axis=-1)
     rows = jnp.where(seen[:, None], rows, 0.0)
     order = jnp.argsort(jnp.where(seen, jnp.abs(ahead), jnp.inf))
@@ -993,8 +1007,7 @@ def scripted_action(cfg: DrivingConfig, state: EnvState) -> jax.Array:
     j = jnp.argmin(veh_gap)
     gap, lead_v = veh_gap[j], state.veh_v[j] * state.veh_dir[j]
     prel = state.ped_s - state.s
-    t_arr = prel / jnp.maximum(v, 1.0)
-    d_pred = state.ped_d + state.ped_vd * jnp.clip(t_arr, 0.0, 4.0)
+    _, d_pred = pedestrian_forecast(state)
     danger = (
         state.ped_active
         & (prel > -1.0)
