@@ -19,7 +19,10 @@ The data the learner hands both (every leaf ``[T(+1), N, ...]``, time-major):
   rewards [T, N] (scaled, clipped, truncation bootstraps folded in: :func:`prepare_rewards`),
   discounts [T, N] (``gamma``, 0 at every episode end); and for a recurrent policy
   initial_core [1, N, C] (the state before step 0) and resets [T+1, N] (true where a step
-  starts an episode: the core is zeroed before it), see :func:`core_inputs`.
+  starts an episode: the core is zeroed before it), see :func:`core_inputs`; with
+  ``learner.teacher_coef > 0``, teacher_actions [T, N, ...] (the env's scripted controller's
+  action for each step's observation) and teacher_weight [T, N] (the distillation term's
+  weight at this update, ``learner.teacher_schedule``), see :func:`teacher_loss`.
 """
 
 from __future__ import annotations
@@ -142,14 +145,32 @@ def _kl_behaviour(policy: Policy, data: Data, head) -> jax.Array:
     return jnp.mean(policy.make_dist(data["behaviour_dist"]).kl(head))
 
 
-def _total(lc: LearnerConfig, pg: tuple, vl: tuple, head, kl: jax.Array, value_coef, extra=None):
-    """``policy + value_coef * value + entropy_coef * entropy`` losses, and every term's
-    metrics (``pg`` and ``vl``: a loss function's ``(loss, metrics)``)."""
+def teacher_loss(head, mb: Data) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Kickstarting's distillation term (Schmitt et al., 2018, arXiv:1803.03835): the mean
+    over ``[T, N]`` of ``teacher_weight * -log pi(teacher_action | x)``, the cross-entropy of
+    the policy against a teacher that acts deterministically; ``(0, {})`` for a batch without
+    ``teacher_actions``. Metrics: ``teacher_nll``, the unweighted mean, and
+    ``teacher_weight``."""
+    if "teacher_actions" not in mb:
+        return jnp.zeros((), jnp.float32), {}
+    nll = -head.log_prob(mb["teacher_actions"])
+    weight = mb["teacher_weight"]
+    chex.assert_equal_shape([nll, weight])
+    metrics = {"teacher_nll": jnp.mean(nll), "teacher_weight": jnp.mean(weight)}
+    return jnp.mean(weight * nll), metrics
+
+
+def _total(
+    lc: LearnerConfig, pg: tuple, vl: tuple, head, kl: jax.Array, value_coef, mb: Data, extra=None
+):
+    """``policy + value_coef * value + entropy_coef * entropy (+ teacher)`` losses, and every
+    term's metrics (``pg`` and ``vl``: a loss function's ``(loss, metrics)``)."""
     (pg, pg_m), (vl, vl_m) = pg, vl
     ent, ent_m = entropy_loss(head.entropy())
-    total = pg + value_coef * vl + lc.entropy_coef * ent
+    teacher, teacher_m = teacher_loss(head, mb)
+    total = pg + value_coef * vl + lc.entropy_coef * ent + teacher
     metrics = {"loss": total, "policy_loss": pg, "value_loss": vl, **(extra or {})}
-    return total, {**metrics, "kl_behaviour": kl, **pg_m, **vl_m, **ent_m}
+    return total, {**metrics, "kl_behaviour": kl, **pg_m, **vl_m, **ent_m, **teacher_m}
 
 
 def _vtrace(lc: LearnerConfig, log_rhos, mb: Data, values, bootstrap):
@@ -205,6 +226,9 @@ def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
             lambda_=lc.lambda_,
             normalize_advantages=lc.normalize_advantages,
         )
+        teacher, teacher_m = teacher_loss(head, mb)
+        total = total + teacher
+        metrics = {**metrics, "loss": total, **teacher_m}
         return total, {**metrics, "kl_behaviour": _kl_behaviour(policy, mb, head)}
 
     return Algorithm(loss, _vtrace_prepare(policy, lc), *update_passes(lc))
@@ -221,7 +245,8 @@ def make_impala(policy: Policy, lc: LearnerConfig) -> Algorithm:
         pg = impala_pg_loss(logp, targets.pg_advantages)
         vl = value_loss(values, targets.vs)
         kl = _kl_behaviour(policy, mb, head)
-        return _total(lc, pg, vl, head, kl, _value_coef(lc, popart), ratio_metrics(log_rhos))
+        value_coef = _value_coef(lc, popart)
+        return _total(lc, pg, vl, head, kl, value_coef, mb, ratio_metrics(log_rhos))
 
     return Algorithm(loss, _vtrace_prepare(policy, lc), *update_passes(lc))
 
@@ -254,7 +279,8 @@ def make_ppo(policy: Policy, lc: LearnerConfig) -> Algorithm:
         vl = value_loss(
             values, mb["value_targets"], behaviour_values=mb["old_values"], clip_eps=clip
         )
-        return _total(lc, pg, vl, head, _kl_behaviour(policy, mb, head), _value_coef(lc, popart))
+        kl = _kl_behaviour(policy, mb, head)
+        return _total(lc, pg, vl, head, kl, _value_coef(lc, popart), mb)
 
     return Algorithm(loss, prepare, *update_passes(lc))
 

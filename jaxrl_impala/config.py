@@ -151,6 +151,13 @@ class LearnerConfig:
         statistics live in the train state and its checkpoints.
     popart_beta: ``popart``'s step size: each batch moves the targets' moments by
         ``max(popart_beta, 1 / k)`` at the k-th batch (an average, then an EMA).
+    teacher_coef: weight of a distillation term towards the env's scripted controller
+        (kickstarting, Schmitt et al., 2018, arXiv:1803.03835): ``-log pi(a_teacher|x)``
+        averaged over the batch, ``a_teacher`` the controller's action in the state the
+        actor saw (DrivingEnv's ``scripted_actions()``). 0: off. The policy acts and is
+        evaluated on its observations alone; the teacher only shapes its training.
+    teacher_schedule: ``constant`` or ``linear`` (the weight decays to 0 at
+        ``train.total_env_steps``).
     """
 
     algo: str = "appo"
@@ -180,6 +187,8 @@ class LearnerConfig:
     reward_clip: float | None = None
     return_norm: str = "none"
     popart_beta: float = 0.01
+    teacher_coef: float = 0.0
+    teacher_schedule: str = "constant"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +330,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "learner.algo": ("appo", "impala", "ppo"),
     "learner.lr_schedule": ("constant", "linear"),
     "learner.return_norm": ("none", "running", "popart"),
+    "learner.teacher_schedule": ("constant", "linear"),
     "network.activation": ("tanh", "relu"),
     "network.core": ("none", "lstm", "gru"),
     "transport.kind": ("shm", "redis"),
@@ -531,7 +541,9 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
     Returns:
       ``batch_size`` (columns per update, all processes together), ``minibatch_size``
       (columns per minibatch), ``env_steps_per_update`` (all processes together) and
-      ``local_batch_unrolls`` (unrolls each process gathers per update).
+      ``local_batch_unrolls`` (unrolls each process gathers per update) and
+      ``total_updates`` (the updates in ``train.total_env_steps``, at least 1: what the
+      linear schedules decay over).
 
     Raises:
       ConfigError: when the batch does not split into minibatches, over the devices, or over
@@ -563,6 +575,7 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
         "minibatch_size": minibatch,
         "env_steps_per_update": batch * config.rollout.length,
         "local_batch_unrolls": lc.batch_unrolls // num_processes,
+        "total_updates": max(1, config.train.total_env_steps // (batch * config.rollout.length)),
     }
 
 
@@ -592,6 +605,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"env.obs_indices={list(config.env.obs_indices)}: must be >= 0")
     if config.learner.popart_beta > 1:
         raise ConfigError(f"learner.popart_beta={config.learner.popart_beta}: must be <= 1")
+    if config.learner.teacher_coef < 0:
+        raise ConfigError(f"learner.teacher_coef={config.learner.teacher_coef}: must be >= 0")
     if config.learner.num_devices < 0:
         raise ConfigError("learner.num_devices: must be >= 0 (0 means all local devices)")
     dc = config.distributed

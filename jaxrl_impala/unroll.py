@@ -49,6 +49,9 @@ class Unroll(NamedTuple):
         zeroed where step 0 starts an episode), from which the learner re-runs the core;
         None for a feed-forward policy. Its time extent is 1 so that, as every field, its
         columns are axis 1.
+      teacher_actions: [T, B, *action_shape] in the actions' dtype: the env's scripted
+        controller's action for ``obs[t]`` (``learner.teacher_coef > 0``, whose distillation
+        term trains the policy towards it); None otherwise.
     """
 
     obs: Any
@@ -64,6 +67,7 @@ class Unroll(NamedTuple):
     episode_length: Any
     episode_terms: Any = None
     initial_core: Any = None
+    teacher_actions: Any = None
 
 
 # Fixed dtypes; ``obs`` and ``actions`` take the spaces' dtypes.
@@ -81,8 +85,8 @@ DTYPES: dict[str, Any] = {
     "initial_core": np.float32,
 }
 
-# The fields the update reads (and ``initial_core`` when present); the episode statistics
-# are for logging only.
+# The fields the update reads (and ``initial_core`` and ``teacher_actions`` when present);
+# the episode statistics are for logging only.
 BATCH_FIELDS = (
     "obs",
     "actions",
@@ -118,7 +122,10 @@ FINITE_FIELDS = (
     "truncation_value",
     "discounted_return",
     "initial_core",
+    "teacher_actions",
 )
+# The optional fields the update reads when an unroll carries them.
+OPTIONAL_BATCH_FIELDS = ("initial_core", "teacher_actions")
 
 
 def cast(unroll: Unroll) -> Unroll:
@@ -140,6 +147,7 @@ def example(
     dist_size: int,
     num_terms: int,
     core_size: int = 0,
+    teacher: bool = False,
 ) -> Unroll:
     """A zero unroll of the right shapes and dtypes (for frame specs and compiling ahead).
 
@@ -150,12 +158,14 @@ def example(
       dist_size: P, the behaviour distribution's parameter count.
       num_terms: K, reward terms the env reports (0: no ``episode_terms``).
       core_size: C, a recurrent policy's state width (0: no ``initial_core``).
+      teacher: with ``teacher_actions`` (shaped as the actions).
     """
     zeros = lambda shape, dtype: np.zeros(shape, dtype)  # noqa: E731
     obs = jax.tree.map(lambda x: zeros((T + 1, *x.shape), x.dtype), obs_row)
+    actions = zeros((T, *action_row.shape), action_row.dtype)
     return Unroll(
         obs=obs,
-        actions=zeros((T, *action_row.shape), action_row.dtype),
+        actions=actions,
         behaviour_logp=zeros((T, B), DTYPES["behaviour_logp"]),
         behaviour_dist=zeros((T, B, dist_size), DTYPES["behaviour_dist"]),
         rewards=zeros((T, B), DTYPES["rewards"]),
@@ -167,6 +177,7 @@ def example(
         episode_length=zeros((T, B), DTYPES["episode_length"]),
         episode_terms=zeros((T, B, num_terms), DTYPES["episode_terms"]) if num_terms else None,
         initial_core=zeros((1, B, core_size), DTYPES["initial_core"]) if core_size else None,
+        teacher_actions=actions.copy() if teacher else None,
     )
 
 
@@ -195,11 +206,11 @@ def to_frame(unroll: Unroll) -> dict[str, Any]:
 
 def batch_from_frame(arrays: dict[str, Any]) -> dict[str, Any]:
     """Frame fields (one unroll, or several concatenated) -> the update's batch: the
-    :data:`BATCH_FIELDS`, ``obs`` a pytree for dict observations."""
+    :data:`BATCH_FIELDS` and the :data:`OPTIONAL_BATCH_FIELDS` present, ``obs`` a pytree
+    for dict observations."""
     batch = {name: arrays[name] for name in BATCH_FIELDS if name != "obs"}
     batch["obs"] = obs_from_fields(arrays)
-    if "initial_core" in arrays:
-        batch["initial_core"] = arrays["initial_core"]
+    batch.update({name: arrays[name] for name in OPTIONAL_BATCH_FIELDS if name in arrays})
     return batch
 
 
@@ -229,6 +240,8 @@ def frame_spec(example: Unroll, action_bounds: tuple[Any, Any] | None = None) ->
     ranges = {}
     if action_bounds is not None and np.dtype(fields["actions"].dtype).kind in "iu":
         ranges["actions"] = action_bounds
+        if "teacher_actions" in fields:
+            ranges["teacher_actions"] = action_bounds
     return FrameSpec.from_arrays(fields, meta=META_RANGES, finite=finite, ranges=ranges)
 
 

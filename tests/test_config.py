@@ -86,6 +86,8 @@ def test_an_env_kwarg_override_keeps_the_presets_other_kwargs():
         ("learner.return_norm=pop", "learner.return_norm: 'pop' is not one of none, running"),
         ("learner.popart_beta=0", "learner.popart_beta: must be > 0"),
         ("learner.popart_beta=1.5", "learner.popart_beta=1.5: must be <= 1"),
+        ("learner.teacher_coef=-1", "learner.teacher_coef=-1.0: must be >= 0"),
+        ("learner.teacher_schedule=cosine", "learner.teacher_schedule: 'cosine' is not one of"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):

@@ -18,8 +18,9 @@ def test_frame_fields_are_the_unroll_fields_with_dict_observations_flattened():
     u = _example({"lidar": np.zeros((3, 5), np.float32), "image": np.zeros((3, 2, 2), np.uint8)})
     fields = unroll.to_frame(u)
     assert {"obs__lidar", "obs__image"} <= set(fields) and "obs" not in fields
-    # every field but a recurrent policy's initial state (this example has no core)
-    no_core = set(unroll.Unroll._fields) - {"obs", "initial_core"}
+    # every field but a recurrent policy's initial state and a teacher's actions (this
+    # example has neither)
+    no_core = set(unroll.Unroll._fields) - {"obs", "initial_core", "teacher_actions"}
     assert set(fields) - {"obs__lidar", "obs__image"} == no_core
     assert fields["obs__lidar"].shape == (5, 3, 5) and fields["actions"].shape == (4, 3, 2)
     assert fields["terminated"].dtype == np.bool_ and fields["episode_length"].dtype == np.int32
@@ -87,3 +88,23 @@ def test_params_travel_as_a_frame_and_come_back_in_their_tree():
     want, got = jax.tree.leaves((params, stats)), jax.tree.leaves((back_params, back_stats))
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_teachers_actions_travel_beside_the_actions_into_the_batch_within_their_bounds():
+    u = unroll.example(
+        4, 3, np.zeros((3, 5), np.float32), np.zeros(3, np.int32), 2, 0, teacher=True
+    )
+    fields = unroll.to_frame(u)
+    assert fields["teacher_actions"].shape == fields["actions"].shape == (4, 3)
+    assert fields["teacher_actions"].dtype == np.int32
+    batch = unroll.batch_from_frame(unroll.concat([fields, fields]))
+    assert set(batch) == set(unroll.BATCH_FIELDS) | {"teacher_actions"}
+    assert batch["teacher_actions"].shape == (4, 6)
+    spec = unroll.frame_spec(u, (0, 1))
+    assert spec.ranges == {"actions": (0, 1), "teacher_actions": (0, 1)}
+    meta = {"policy_version": 0, "actor_id": 0, "unroll_index": 0}
+    bad = {**fields, "teacher_actions": np.full((4, 3), 2, np.int32)}
+    with pytest.raises(FrameError, match="'teacher_actions': values outside"):
+        decode(encode(bad, meta), spec=spec)
+    floats = _example(np.zeros((3, 5), np.float32))._replace(teacher_actions=np.zeros((4, 3, 2)))
+    assert "teacher_actions" in unroll.frame_spec(floats).finite

@@ -77,10 +77,31 @@ def reward_term_names(config: Config) -> tuple[str, ...]:
     return ()
 
 
+def check_teacher(config: Config, env: gym.vector.VectorEnv) -> None:
+    """``learner.teacher_coef > 0`` needs an env with a scripted controller
+    (``scripted_actions()``, as DrivingEnv has).
+
+    Raises:
+      ConfigError: it has none.
+    """
+    if config.learner.teacher_coef > 0 and not hasattr(env, "scripted_actions"):
+        raise ConfigError(
+            f"learner.teacher_coef={config.learner.teacher_coef} distils the env's scripted "
+            f"controller, and env.id={config.env.id!r} has none (DrivingEnv has one); "
+            f"set learner.teacher_coef=0"
+        )
+
+
 def env_spaces(config: Config) -> tuple[gym.Space, gym.Space, tuple[str, ...]]:
-    """(single observation space, single action space, reward-term names) of the env."""
+    """(single observation space, single action space, reward-term names) of the env.
+
+    Raises:
+      ConfigError: a bad env (see :func:`make_vector_env`), or one without the scripted
+        controller ``learner.teacher_coef`` asks for.
+    """
     env = make_vector_env(config, 1)
     try:
+        check_teacher(config, env)
         return env.single_observation_space, env.single_action_space, reward_term_names(config)
     finally:
         env.close()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_impala import unroll as unroll_lib
-from jaxrl_impala.actor.envs import make_vector_env, reward_term_names
+from jaxrl_impala.actor.envs import check_teacher, make_vector_env, reward_term_names
 from jaxrl_impala.config import Config
 from jaxrl_impala.core.normalization import accumulate_return
 from jaxrl_impala.envs.wrappers import final_observations
@@ -51,7 +51,14 @@ def initial_carry(
     return (packed, obs, *ep_sums, np.zeros(B, np.float32), core)
 
 
-def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space, gamma: float):
+def fused_unroll_fn(
+    policy: Any,
+    env_step: Any,
+    T: int,
+    action_space: gym.Space,
+    gamma: float,
+    teacher: Any = None,
+):
     """One jittable function for a whole unroll of an env written in JAX.
 
     ``unroll(params, stats, carry, key) -> (key, carry, out)`` where ``carry`` is
@@ -63,7 +70,9 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space,
     ``discounted_return`` field (``learner.gamma``). A recurrent policy's state is the
     carry's ``core``: ``out.initial_core`` is its value before step 0, it is zeroed after
     every step that ends an episode, and a time-limit end's value is that of the final
-    observation from the state the episode reached.
+    observation from the state the episode reached. ``teacher`` (such as
+    :meth:`DrivingVectorEnv.pure_scripted`: packed state -> actions) fills
+    ``out.teacher_actions`` with its action for each step's observation; None leaves it out.
     """
     act = policy_step_fn(policy)
     value = value_fn(policy)
@@ -75,6 +84,8 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space,
             packed, obs, ep_return, ep_length, ep_terms, discounted, core = carry
             action, logp, dist, _, core = act(params, stats, obs, core, k)
             to_env = clip_to_space(action, action_space)
+            if teacher is not None:  # the controller's action in the state ``obs`` shows
+                teacher_row = teacher(packed).astype(action.dtype)
             packed, next_obs, final_obs, reward, term, trunc, terms = env_step(packed, to_env)
             cut = trunc & ~term
             trunc_value = jax.lax.cond(  # the value net only on steps where an episode was cut
@@ -100,6 +111,7 @@ def fused_unroll_fn(policy: Any, env_step: Any, T: int, action_space: gym.Space,
                 episode_return=jnp.where(done, ep_return, jnp.nan),
                 episode_length=jnp.where(done, ep_length, 0),
                 episode_terms=jnp.where(done[:, None], ep_terms, 0.0),
+                teacher_actions=None if teacher is None else teacher_row,
             )
             ep_return = jnp.where(done, 0.0, ep_return)
             ep_length = jnp.where(done, 0, ep_length)
@@ -156,6 +168,8 @@ class Rollout:
         self.B = config.env.num_envs
         self.gamma = config.learner.gamma
         self.env = env if env is not None else make_vector_env(config, self.B)
+        check_teacher(config, self.env)
+        self.teacher = config.learner.teacher_coef > 0
         self.term_names = reward_term_names(config)
         obs_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
@@ -179,7 +193,12 @@ class Rollout:
         if fused:  # the env state, observation and episode sums live in the scan's carry
             self._fused = jax.jit(
                 fused_unroll_fn(
-                    self.policy, self.env.pure_step(), self.T, self.action_space, self.gamma
+                    self.policy,
+                    self.env.pure_step(),
+                    self.T,
+                    self.action_space,
+                    self.gamma,
+                    self.env.pure_scripted() if self.teacher else None,
                 )
             )
             carry = initial_carry(
@@ -247,7 +266,7 @@ class Rollout:
 
     def _unroll_stepwise(self) -> Unroll:
         T, B = self.T, self.B
-        obs_rows, act_rows, logp_rows, dist_rows = [], [], [], []
+        obs_rows, act_rows, logp_rows, dist_rows, teacher_rows = [], [], [], [], []
         # the Unroll's [T, B] fields, filled row by row
         cols = {
             "rewards": np.zeros((T, B), np.float32),
@@ -269,6 +288,8 @@ class Rollout:
                 self._step(self.params, self.stats, self.obs, self.core, keys[t + 1])
             )
             act_rows.append(action)
+            if self.teacher:
+                teacher_rows.append(np.asarray(self.env.scripted_actions(), action.dtype))
             logp_rows.append(logp)
             dist_rows.append(dist)
             obs, reward, term, trunc, info = self.env.step(clip_to_space(action, self.action_space))
@@ -304,5 +325,6 @@ class Rollout:
             behaviour_dist=np.stack(dist_rows),
             **cols,
             initial_core=None if initial_core is None else initial_core[None],
+            teacher_actions=np.stack(teacher_rows) if self.teacher else None,
         )
         return unroll_lib.cast(out)

@@ -70,12 +70,14 @@ def discrete_table(cfg: DrivingConfig) -> np.ndarray:
 
 
 def nearest_discrete(cfg: DrivingConfig, controls: np.ndarray) -> np.ndarray:
-    """Nearest grid action of continuous controls [B, 3] (steer and throttle - brake). int [B]."""
-    steer = np.asarray(cfg.discrete_steer, np.float32)
-    acc = np.asarray(cfg.discrete_accel, np.float32)
-    i = np.argmin(np.abs(controls[:, :1] - steer[None]), axis=1)
-    j = np.argmin(np.abs((controls[:, 1:2] - controls[:, 2:3]) - acc[None]), axis=1)
-    return (i * len(acc) + j).astype(np.int64)
+    """Nearest grid action of continuous controls [B, 3] (steer and throttle - brake). int [B]
+    (numpy, or jax for a jax array: it runs inside jitted code too)."""
+    xp = jnp if isinstance(controls, jax.Array) else np
+    steer = xp.asarray(cfg.discrete_steer, np.float32)
+    acc = xp.asarray(cfg.discrete_accel, np.float32)
+    i = xp.argmin(xp.abs(controls[:, :1] - steer[None]), axis=1)
+    j = xp.argmin(xp.abs((controls[:, 1:2] - controls[:, 2:3]) - acc[None]), axis=1)
+    return (i * len(acc) + j).astype(np.int64 if xp is np else jnp.int32)
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -326,6 +328,18 @@ class DrivingVectorEnv(_ControlsMixin, VectorEnv):
         if self.action_mode == "discrete":
             return nearest_discrete(self.cfg, controls)
         return controls
+
+    def pure_scripted(self) -> Callable:
+        """A pure, jittable :meth:`scripted_actions` on the packed state:
+        ``scripted(packed uint32 [B, F]) -> float32 [B, 3]`` (continuous) or ``int32 [B]``
+        (discrete). ``scripted(self.packed_state)`` is ``self.scripted_actions()``."""
+        cfg, discrete = self.cfg, self.action_mode == "discrete"
+
+        def scripted(packed):
+            controls = dynamics.batch_scripted(cfg, packed)
+            return nearest_discrete(cfg, controls) if discrete else controls
+
+        return scripted
 
     def render(self) -> np.ndarray | None:
         """A top-down frame of env 0, uint8 [H, W, 3] (with ``render_mode="rgb_array"``)."""

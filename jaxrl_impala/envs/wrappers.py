@@ -28,7 +28,23 @@ def final_observations(info: dict, obs: Any, mask: np.ndarray) -> Any:
     )
 
 
-class FrameStack(gym.vector.VectorWrapper):
+class _KeepsScripted:
+    """For wrappers that change observations only: the inner env's scripted controller
+    (``scripted_actions()`` and ``pure_scripted()``), when it has one, is the wrapper's (an
+    AttributeError otherwise, so ``hasattr`` tells)."""
+
+    env: Any
+
+    @property
+    def scripted_actions(self):
+        return self.env.scripted_actions
+
+    @property
+    def pure_scripted(self):
+        return self.env.pure_scripted
+
+
+class FrameStack(_KeepsScripted, gym.vector.VectorWrapper):
     """The last ``k`` observations of every env, concatenated along the last axis (oldest
     first): ``[D]`` becomes ``[k * D]``, an image ``[H, W, C]`` becomes ``[H, W, k * C]``.
 
@@ -82,7 +98,7 @@ class FrameStack(gym.vector.VectorWrapper):
         return self._stacked(frames), reward, term, trunc, info
 
 
-class ObsIndices(gym.vector.VectorWrapper):
+class ObsIndices(_KeepsScripted, gym.vector.VectorWrapper):
     """Keeps entries ``indices`` (in that order) of a flat Box observation: ``[D]`` becomes
     ``[len(indices)]``. A partially observed variant of any Box env (CartPole's positions
     without their velocities: ``[0, 2]``), for memory tests. ``info["final_obs"]`` is cut the

@@ -29,7 +29,7 @@ from jaxrl_impala.algorithms import (
     make_algorithm,
     prepare_rewards,
 )
-from jaxrl_impala.config import Config, derived_sizes, update_passes
+from jaxrl_impala.config import Config, LearnerConfig, derived_sizes, update_passes
 from jaxrl_impala.core.normalization import (
     Moments,
     PopArt,
@@ -158,17 +158,31 @@ def split_minibatches(
     return jax.tree.map(split, data)
 
 
-def _algorithm_data(batch: dict, rewards: jax.Array, discounts: jax.Array) -> dict:
+def teacher_weight(lc: LearnerConfig, step: jax.Array, total_updates: int) -> jax.Array:
+    """The distillation term's weight at update ``step`` (0-based): ``learner.teacher_coef``,
+    decayed linearly to 0 at ``total_updates`` with ``teacher_schedule: linear``."""
+    coef = jnp.float32(lc.teacher_coef)
+    if lc.teacher_schedule == "linear":
+        coef = coef * jnp.clip(1.0 - step.astype(jnp.float32) / max(1, total_updates), 0.0, 1.0)
+    return coef
+
+
+def _algorithm_data(batch: dict, rewards: jax.Array, discounts: jax.Array, weight=None) -> dict:
     """What the algorithms train on (the `algorithms` module docstring): the batch's
     observations, actions and behaviour policy, the prepared ``rewards`` and ``discounts``,
-    and a recurrent policy's ``initial_core`` and ``resets``."""
+    a recurrent policy's ``initial_core`` and ``resets``, and the ``teacher_actions`` with
+    their ``teacher_weight`` (``weight``, a scalar, on every step) when the batch has them."""
     acted = ("obs", "actions", "behaviour_logp", "behaviour_dist")
-    return {
+    data = {
         **{k: batch[k] for k in acted},
         "rewards": rewards,
         "discounts": discounts,
         **core_inputs(batch),
     }
+    if "teacher_actions" in batch:
+        data["teacher_actions"] = batch["teacher_actions"]
+        data["teacher_weight"] = jnp.full(discounts.shape, weight, jnp.float32)
+    return data
 
 
 def _normalize_returns(state: TrainState, batch: dict, return_norm: str):
@@ -256,7 +270,8 @@ def make_update(
             obs_nt = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch["obs"])
             state = state.replace(obs_stats=update_obs_stats(state.obs_stats, obs_nt))
         state, batch = _normalize_returns(state, batch, lc.return_norm)
-        data = _algorithm_data(batch, *prepare_rewards(batch, lc))
+        weight = teacher_weight(lc, state.step, sizes["total_updates"])
+        data = _algorithm_data(batch, *prepare_rewards(batch, lc), weight)
         if config.network.burn_in:
             data = burn_in(policy, state.params, state.obs_stats, data, config.network.burn_in)
         data = algorithm.prepare(state.params, state.obs_stats, data, popart_stats(state))

@@ -69,7 +69,12 @@ class OnDeviceBatches:
             key = jax.random.fold_in(key, incarnation % 2**31)
         self._key = jax.device_put(np.asarray(key), s.replicated)
         unroll_fn = fused_unroll_fn(
-            s.policy, env.pure_step(), config.rollout.length, s.action_space, config.learner.gamma
+            s.policy,
+            env.pure_step(),
+            config.rollout.length,
+            s.action_space,
+            config.learner.gamma,
+            env.pure_scripted() if config.learner.teacher_coef > 0 else None,
         )
         env.close()
 

@@ -109,6 +109,7 @@ class Setup:
             dist_params.shape[-1],
             len(self.term_names),
             self.policy.core_size,
+            teacher=self.config.learner.teacher_coef > 0,
         )
 
     def frame_spec(self) -> tuple[FrameSpec, int]:
@@ -152,9 +153,8 @@ def setup(config: Config, *, num_processes: int = 1, algorithm: Algorithm | None
     obs_space, action_space, term_names = env_spaces(config)
     mesh = make_mesh(config.learner.num_devices)
     sizes = derived_sizes(config, mesh.size, num_processes)
-    total_updates = max(1, config.train.total_env_steps // sizes["env_steps_per_update"])
     policy = make_policy(obs_space, action_space, config.network, config.learner.obs_norm)
-    optimizer = make_optimizer(config, total_updates)
+    optimizer = make_optimizer(config, sizes["total_updates"])
     update, put_batch, replicated = make_update(policy, optimizer, config, mesh, algorithm)
     return Setup(
         config=config,

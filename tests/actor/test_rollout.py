@@ -1,5 +1,5 @@
 """The actor's rollout: seeding of restarted actors, the fused unroll against the step by step
-one."""
+one (the scripted controller's actions, for ``learner.teacher_coef``, included)."""
 
 import jax
 import numpy as np
@@ -69,6 +69,7 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode, core, seed):
             "network.hidden=[16]",
             f"network.core={core}",
             "network.core_size=8",
+            "learner.teacher_coef=0.1",  # the scripted controller's actions ride along
         ],
     )
     fused = Rollout(config, actor_id=0, fused=True)
@@ -80,8 +81,12 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode, core, seed):
     ended = np.zeros(2, int)
     discounted = np.zeros(16)  # gymnasium's NormalizeReward accumulator, step by step
     for i in range(4):
+        # the controller's action in the state each unroll starts from is its row 0
+        scripted = stepwise.env.scripted_actions()
         a, meta_a = fused.unroll(policy_version=i)
         b, meta_b = stepwise.unroll(policy_version=i)
+        np.testing.assert_array_equal(b["teacher_actions"][0], scripted)
+        assert b["teacher_actions"].shape == b["actions"].shape
         for t in range(8):
             discounted = discounted * config.learner.gamma + b["rewards"][t]
             np.testing.assert_allclose(b["discounted_return"][t], discounted, rtol=1e-4, atol=1e-6)

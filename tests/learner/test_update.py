@@ -384,3 +384,46 @@ def test_the_update_compiled_from_the_state_shapes_serves_the_real_state():
         jax.block_until_ready(metrics)
     assert compiled == [], compiled
     assert int(state.step) == 1
+
+
+@pytest.mark.parametrize("algo", ["appo", "impala", "ppo"])
+def test_the_teacher_term_is_the_reference_cross_entropy_on_its_schedule_and_it_teaches(algo):
+    """``learner.teacher_coef``: the loss gains ``weight * mean(-log pi(a_teacher|x))`` (the
+    cross-entropy from a numpy log-softmax), the weight decays linearly over the run's
+    updates (``teacher_schedule: linear``), and a teacher of the action that pays nothing
+    outweighs the bandit's reward for the other."""
+    total_updates, coef = 400, 10.0
+    common = [
+        f"learner.algo={algo}",
+        "learner.obs_norm=false",
+        "learner.epochs=1",  # one step per update: its loss is that of the params it starts at
+        "learner.minibatches=1",
+        "learner.lr=0.01",
+        f"train.total_env_steps={total_updates * T * N}",
+    ]
+    teacher = [f"learner.teacher_coef={coef}", "learner.teacher_schedule=linear"]
+    policy, state, update, put_batch = bandit_learner([*common, *teacher])
+    _, plain, update_p, put_p = bandit_learner(common)
+    rng = np.random.default_rng(3)
+    for k in range(100):
+        batch = bandit_batch(rng, policy, state)
+        teach = np.zeros((T, N), np.int32)  # action 0: it pays nothing
+        dist, _, _ = policy.apply(jax.device_get(state.params), None, batch["obs"][:T])
+        logits = np.asarray(dist.logits, np.float64)
+        log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -log_softmax[..., 0].mean()
+        weight = coef * (1.0 - k / total_updates)
+        before = jax.device_get(state)  # (the update donates the state)
+        key = jax.random.PRNGKey(k)
+        state, m = update(state, put_batch({**batch, "teacher_actions": teach}), key)
+        assert float(m["teacher_weight"]) == pytest.approx(weight, rel=1e-6)
+        assert float(m["teacher_nll"]) == pytest.approx(nll, rel=1e-4)
+        if k < 2:  # the same update without the teacher, from the same params
+            plain = jax.device_put(before, plain.step.sharding)
+            _, m_p = update_p(plain, put_p(batch), key)
+            got = float(m["loss"]) - float(m_p["loss"])
+            assert got == pytest.approx(weight * nll, rel=1e-3)
+    obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
+    dist, _, _ = policy.apply(state.params, None, obs)
+    p_teacher = float(jnp.exp(dist.log_prob(jnp.zeros(64, jnp.int32))).mean())
+    assert p_teacher > 0.9, p_teacher
