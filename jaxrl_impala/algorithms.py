@@ -145,19 +145,29 @@ def _kl_behaviour(policy: Policy, data: Data, head) -> jax.Array:
     return jnp.mean(policy.make_dist(data["behaviour_dist"]).kl(head))
 
 
-def teacher_loss(head, mb: Data) -> tuple[jax.Array, dict[str, jax.Array]]:
+def teacher_loss(head, mb: Data, kind: str = "nll") -> tuple[jax.Array, dict[str, jax.Array]]:
     """Kickstarting's distillation term (Schmitt et al., 2018, arXiv:1803.03835): the mean
-    over ``[T, N]`` of ``teacher_weight * -log pi(teacher_action | x)``, the cross-entropy of
-    the policy against a teacher that acts deterministically; ``(0, {})`` for a batch without
-    ``teacher_actions``. Metrics: ``teacher_nll``, the unweighted mean, and
-    ``teacher_weight``."""
+    over ``[T, N]`` of ``teacher_weight`` times, per step,
+
+    * ``nll``: ``-log pi(teacher_action | x)``, the cross-entropy of the policy against a
+      teacher that acts deterministically (any action space); its pull grows as the
+      policy's spread shrinks, and it shrinks that spread itself;
+    * ``mse``: ``|mode(pi(x)) - teacher_action|^2`` (Box actions, the mode as the env gets
+      it), a pull on the greedy action alone, the same at any spread.
+
+    ``(0, {})`` for a batch without ``teacher_actions``. Metrics: ``teacher_loss`` (the
+    unweighted mean) and ``teacher_weight``."""
     if "teacher_actions" not in mb:
         return jnp.zeros((), jnp.float32), {}
-    nll = -head.log_prob(mb["teacher_actions"])
+    teacher = mb["teacher_actions"]
+    if kind == "mse":
+        per_step = jnp.sum(jnp.square(head.to_env(head.mode()) - teacher), axis=-1)
+    else:
+        per_step = -head.log_prob(teacher)
     weight = mb["teacher_weight"]
-    chex.assert_equal_shape([nll, weight])
-    metrics = {"teacher_nll": jnp.mean(nll), "teacher_weight": jnp.mean(weight)}
-    return jnp.mean(weight * nll), metrics
+    chex.assert_equal_shape([per_step, weight])
+    metrics = {"teacher_loss": jnp.mean(per_step), "teacher_weight": jnp.mean(weight)}
+    return jnp.mean(weight * per_step), metrics
 
 
 def _total(
@@ -167,7 +177,7 @@ def _total(
     term's metrics (``pg`` and ``vl``: a loss function's ``(loss, metrics)``)."""
     (pg, pg_m), (vl, vl_m) = pg, vl
     ent, ent_m = entropy_loss(head.entropy())
-    teacher, teacher_m = teacher_loss(head, mb)
+    teacher, teacher_m = teacher_loss(head, mb, lc.teacher_loss)
     total = pg + value_coef * vl + lc.entropy_coef * ent + teacher
     metrics = {"loss": total, "policy_loss": pg, "value_loss": vl, **(extra or {})}
     return total, {**metrics, "kl_behaviour": kl, **pg_m, **vl_m, **ent_m, **teacher_m}
@@ -226,7 +236,7 @@ def make_appo(policy: Policy, lc: LearnerConfig) -> Algorithm:
             lambda_=lc.lambda_,
             normalize_advantages=lc.normalize_advantages,
         )
-        teacher, teacher_m = teacher_loss(head, mb)
+        teacher, teacher_m = teacher_loss(head, mb, lc.teacher_loss)
         total = total + teacher
         metrics = {**metrics, "loss": total, **teacher_m}
         return total, {**metrics, "kl_behaviour": _kl_behaviour(policy, mb, head)}

@@ -158,6 +158,9 @@ class LearnerConfig:
         evaluated on its observations alone; the teacher only shapes its training.
     teacher_schedule: ``constant`` or ``linear`` (the weight decays to 0 at
         ``train.total_env_steps``).
+    teacher_loss: the distillation term per step: ``nll``, ``-log pi(a_teacher|x)`` (any
+        action space); ``mse``, the squared distance of the greedy action from
+        ``a_teacher`` (Box actions), which leaves the policy's spread to the RL loss.
     """
 
     algo: str = "appo"
@@ -189,6 +192,7 @@ class LearnerConfig:
     popart_beta: float = 0.01
     teacher_coef: float = 0.0
     teacher_schedule: str = "constant"
+    teacher_loss: str = "nll"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +335,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "learner.lr_schedule": ("constant", "linear"),
     "learner.return_norm": ("none", "running", "popart"),
     "learner.teacher_schedule": ("constant", "linear"),
+    "learner.teacher_loss": ("nll", "mse"),
     "network.activation": ("tanh", "relu"),
     "network.core": ("none", "lstm", "gru"),
     "transport.kind": ("shm", "redis"),

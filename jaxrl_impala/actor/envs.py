@@ -79,16 +79,24 @@ def reward_term_names(config: Config) -> tuple[str, ...]:
 
 def check_teacher(config: Config, env: gym.vector.VectorEnv) -> None:
     """``learner.teacher_coef > 0`` needs an env with a scripted controller
-    (``scripted_actions()``, as DrivingEnv has).
+    (``scripted_actions()``, as DrivingEnv has), and ``teacher_loss: mse`` Box actions.
 
     Raises:
       ConfigError: it has none.
     """
-    if config.learner.teacher_coef > 0 and not hasattr(env, "scripted_actions"):
+    lc = config.learner
+    if lc.teacher_coef <= 0:
+        return
+    if not hasattr(env, "scripted_actions"):
         raise ConfigError(
-            f"learner.teacher_coef={config.learner.teacher_coef} distils the env's scripted "
+            f"learner.teacher_coef={lc.teacher_coef} distils the env's scripted "
             f"controller, and env.id={config.env.id!r} has none (DrivingEnv has one); "
             f"set learner.teacher_coef=0"
+        )
+    if lc.teacher_loss == "mse" and not isinstance(env.single_action_space, gym.spaces.Box):
+        raise ConfigError(
+            f"learner.teacher_loss=mse needs Box actions, and the env's are "
+            f"{env.single_action_space}; use learner.teacher_loss=nll"
         )
 
 

@@ -10,8 +10,9 @@ import pytest
 from compiles import backend_compiles
 
 from jaxrl_impala import vtrace
-from jaxrl_impala.algorithms import prepare_rewards
+from jaxrl_impala.algorithms import prepare_rewards, teacher_loss
 from jaxrl_impala.config import load_config
+from jaxrl_impala.core.distributions import DiagGaussian
 from jaxrl_impala.learner import (
     init_train_state,
     make_mesh,
@@ -417,7 +418,7 @@ def test_the_teacher_term_is_the_reference_cross_entropy_on_its_schedule_and_it_
         key = jax.random.PRNGKey(k)
         state, m = update(state, put_batch({**batch, "teacher_actions": teach}), key)
         assert float(m["teacher_weight"]) == pytest.approx(weight, rel=1e-6)
-        assert float(m["teacher_nll"]) == pytest.approx(nll, rel=1e-4)
+        assert float(m["teacher_loss"]) == pytest.approx(nll, rel=1e-4)
         if k < 2:  # the same update without the teacher, from the same params
             plain = jax.device_put(before, plain.step.sharding)
             _, m_p = update_p(plain, put_p(batch), key)
@@ -427,3 +428,24 @@ def test_the_teacher_term_is_the_reference_cross_entropy_on_its_schedule_and_it_
     dist, _, _ = policy.apply(state.params, None, obs)
     p_teacher = float(jnp.exp(dist.log_prob(jnp.zeros(64, jnp.int32))).mean())
     assert p_teacher > 0.9, p_teacher
+
+
+def test_the_teacher_terms_on_box_actions_match_numpy():
+    """``teacher_loss`` on a Gaussian head (clip mode): ``nll`` is the Gaussian's negative
+    log-density of the teacher's action, ``mse`` the squared distance of the clipped mean
+    from it, each weighted per step and averaged over ``[T, N]``."""
+    rng = np.random.default_rng(4)
+    mean = rng.normal(0.0, 1.0, (T, N, 3)).astype(np.float32)  # some beyond the bounds
+    log_std = rng.normal(-1.0, 0.3, (T, N, 3)).astype(np.float32)
+    head = DiagGaussian(jnp.asarray(mean), jnp.asarray(log_std), (-1.0,) * 3, (1.0,) * 3)
+    teacher = rng.uniform(-1, 1, (T, N, 3)).astype(np.float32)
+    weight = rng.uniform(0, 2, (T, N)).astype(np.float32)
+    mb = {"teacher_actions": jnp.asarray(teacher), "teacher_weight": jnp.asarray(weight)}
+    std = np.exp(log_std.astype(np.float64))
+    nll = np.sum(0.5 * ((teacher - mean) / std) ** 2 + np.log(std) + 0.5 * np.log(2 * np.pi), -1)
+    mse = np.sum((np.clip(mean, -1, 1) - teacher) ** 2, -1)
+    for kind, per_step in (("nll", nll), ("mse", mse)):
+        loss, m = teacher_loss(head, mb, kind)
+        assert float(loss) == pytest.approx(np.mean(weight * per_step), rel=1e-5), kind
+        assert float(m["teacher_loss"]) == pytest.approx(np.mean(per_step), rel=1e-5), kind
+    assert teacher_loss(head, {}, "nll")[1] == {}  # no teacher in the batch: no term

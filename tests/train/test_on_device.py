@@ -140,4 +140,4 @@ def test_on_device_the_scripted_controller_teaches_from_the_collected_states(tmp
     train = [r for r in records if "loss" in r]
     assert code == 0 and len(train) == 8
     assert all(r["teacher_weight"] == pytest.approx(0.5) for r in train)
-    assert all(math.isfinite(r["teacher_nll"]) and r["teacher_nll"] > 0 for r in train)
+    assert all(math.isfinite(r["teacher_loss"]) and r["teacher_loss"] > 0 for r in train)

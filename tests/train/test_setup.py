@@ -31,3 +31,5 @@ def test_a_teacher_needs_an_env_with_a_scripted_controller_and_travels_in_the_fr
     assert spec.fields["teacher_actions"] == spec.fields["actions"]
     assert spec.ranges["teacher_actions"] == spec.ranges["actions"] == (0, s.action_space.n - 1)
     assert "teacher_actions" in s.example_batch()
+    with pytest.raises(ConfigError, match="teacher_loss=mse needs Box actions"):
+        setup(load_config("configs/driving.yaml", [*discrete, "learner.teacher_loss=mse"]))
