@@ -10,9 +10,10 @@ Each run is ``python -m jaxrl_impala.train --config configs/driving.yaml --set t
 <the variant's overrides>`` in a fresh process (its clock starts at the command's start:
 imports, compiles and actor start-up count), then ``python -m jaxrl_impala.evaluate RUN
 --episodes 100``. On 2 cores a 20M-step run takes 3-5 minutes and the preset's 60M about
-10. Runs go one at a time, since they share the machine's cores. Most variants are measured
-against the preset before (``BEFORE``: 20M env steps, gamma 0.995), so that they compare
-with one another at a few minutes a run.
+10. Runs go one at a time, since they share the machine's cores. The variants measured
+before the preset was kickstarted by the scripted controller keep the preset they were
+measured on (``UNTAUGHT``: no teacher; most of them ``BEFORE``: also 20M env steps and gamma
+0.995), so that they compare with one another at a few minutes a run.
 
 The JSON is rewritten after every run, and a second command with the same ``--json`` keeps
 its results and runs only the (variant, seed) pairs it lacks with the same overrides: an
@@ -41,25 +42,62 @@ from _results import header, save_figure, write
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/driving.yaml"
 
-# The preset before gamma 0.999 and 60M env steps (2026-12-06). Most variants were measured
-# against it and keep it, so that their rows stay comparable with one another.
-BEFORE = ["train.total_env_steps=20000000", "learner.gamma=0.995"]
+# The preset before kickstarting (2026-12-06: gamma 0.999, 60M env steps, no teacher). The
+# variants measured against it keep it, so that their rows stay comparable.
+UNTAUGHT = ["learner.teacher_coef=0.0"]
+# The preset before that (gamma 0.995, 20M env steps). Most variants were measured against it
+# and keep it, so that their rows stay comparable with one another.
+BEFORE = [*UNTAUGHT, "train.total_env_steps=20000000", "learner.gamma=0.995"]
 
 # name -> (overrides, why it is tried)
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "preset": ([], "configs/driving.yaml as it is: gamma 0.999, 60M env steps"),
-    "gamma999_100m": (
-        ["train.total_env_steps=100000000"],
-        "the preset on 100M env steps, about as many as 20 minutes allow here",
+    "preset": (
+        [],
+        "configs/driving.yaml as it is: gamma 0.999, 60M env steps, kickstarted by the "
+        "scripted controller (teacher_loss mse, teacher_coef 1)",
     ),
-    "gamma999_20m": (["train.total_env_steps=20000000"], "the preset on 20M env steps"),
+    "teacher_20m_mse": (
+        ["train.total_env_steps=20000000"],
+        "the preset on 20M env steps",
+    ),
+    "teacher_nll": (
+        ["learner.teacher_loss=nll", "learner.teacher_coef=0.1"],
+        "the distillation as a cross-entropy, -log pi(a_teacher|x): it also shrinks the "
+        "policy's spread, and its pull grows as the spread shrinks",
+    ),
+    "teacher_20m": (
+        ["train.total_env_steps=20000000", "learner.teacher_loss=nll", "learner.teacher_coef=0.1"],
+        "teacher_nll on 20M env steps",
+    ),
+    "teacher_20m_003": (
+        ["train.total_env_steps=20000000", "learner.teacher_loss=nll", "learner.teacher_coef=0.03"],
+        "teacher_20m with a third of the weight: more room to depart from the teacher",
+    ),
+    "teacher_20m_linear": (
+        [
+            "train.total_env_steps=20000000",
+            "learner.teacher_loss=nll",
+            "learner.teacher_coef=0.1",
+            "learner.teacher_schedule=linear",
+        ],
+        "teacher_20m with the weight decaying to 0 over the run",
+    ),
+    "untaught": (UNTAUGHT, "the preset before: no teacher"),
+    "gamma999_100m": (
+        [*UNTAUGHT, "train.total_env_steps=100000000"],
+        "the preset before on 100M env steps, about as many as 20 minutes allow here",
+    ),
+    "gamma999_20m": (
+        [*UNTAUGHT, "train.total_env_steps=20000000"],
+        "the preset before on 20M env steps",
+    ),
     "gamma999_lambda": (
-        ["learner.lambda_=0.99"],
+        [*UNTAUGHT, "learner.lambda_=0.99"],
         "longer V-trace traces, to match the longer horizon",
     ),
-    "before": (BEFORE, "the preset before: gamma 0.995, 20M env steps"),
+    "before": (BEFORE, "the preset before the one before: gamma 0.995, 20M env steps"),
     "before_60m": (
-        ["train.total_env_steps=60000000", "learner.gamma=0.995"],
+        [*UNTAUGHT, "train.total_env_steps=60000000", "learner.gamma=0.995"],
         "the preset before on three times the samples (the linear lr schedule stretches)",
     ),
     "no_entropy": (
@@ -84,30 +122,32 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         "a collision costs 30, not 10, in training and evaluation alike (stricter for the agent)",
     ),
     "preset_collision30": (
-        ["env.kwargs.reward_collision=-30.0"],
-        "the preset with a collision costing 30 (stricter for the agent in its evaluation too)",
+        [*UNTAUGHT, "env.kwargs.reward_collision=-30.0"],
+        "the preset before with a collision costing 30 (stricter for the agent in its "
+        "evaluation too)",
     ),
     "frame_stack2": (
-        ["env.frame_stack=2"],
+        [*UNTAUGHT, "env.frame_stack=2"],
         "the last two observations: the closing speed of what the LiDAR sees (stepped on the "
         "host, at half the fused actor's speed)",
     ),
     "closing_speed": (
-        ["env.kwargs.lidar_closing_speed=true"],
+        [*UNTAUGHT, "env.kwargs.lidar_closing_speed=true"],
         "the closing speed of the vehicle on each LiDAR beam, computed in the env (fused)",
     ),
     "collision100": (
-        ["env.kwargs.reward_collision=-100.0"],
-        "the preset with a collision costing 100 in training (scored by the default reward too)",
+        [*UNTAUGHT, "env.kwargs.reward_collision=-100.0"],
+        "the preset before with a collision costing 100 in training (scored by the default "
+        "reward too)",
     ),
-    "gamma9995": (["learner.gamma=0.9995"], "a horizon twice the episode's"),
+    "gamma9995": ([*UNTAUGHT, "learner.gamma=0.9995"], "a horizon twice the episode's"),
     "pedestrians_often": (
-        ["env.kwargs.pedestrian_wait=[1.0,5.0]"],
+        [*UNTAUGHT, "env.kwargs.pedestrian_wait=[1.0,5.0]"],
         "pedestrians cross 1-5 s apart in training, not 2-15 s: more of the encounters half "
         "the collisions are (scored on the default 2-15 s too)",
     ),
     "forecast": (
-        ["env.kwargs.pedestrian_forecast=true"],
+        [*UNTAUGHT, "env.kwargs.pedestrian_forecast=true"],
         "each pedestrian track also says when the ego reaches it and where it will be then "
         "(the scripted controller's prediction)",
     ),
