@@ -63,7 +63,9 @@ def random_batch(s, rng: np.random.Generator) -> dict:
     }
     if "initial_core" in shapes:
         batch["initial_core"] = rng.normal(size=shapes["initial_core"]).astype(np.float32)
-    fields = set(unroll.BATCH_FIELDS) | ({"initial_core"} & set(shapes))
+    if "teacher_actions" in shapes:  # the preset's distillation term
+        batch["teacher_actions"] = rng.uniform(-1, 1, shapes["teacher_actions"]).astype(np.float32)
+    fields = set(unroll.BATCH_FIELDS) | (set(unroll.OPTIONAL_BATCH_FIELDS) & set(shapes))
     assert set(batch) == fields, "the update's batch fields changed"
     return batch
 

@@ -128,6 +128,8 @@ def run_ours(algo: str, env: str, seed: int, target: float, max_s: float, extra)
             f"run.dir={run_dir}", f"learner.algo={algo}", f"train.seed={seed}",
             f"train.stop_at_eval_return={target}", "eval.gif=false", *extra,
         ]  # fmt: skip
+        if env != "CartPole-v1":  # against SB3: no teacher (ours would learn from the
+            cmd.append("learner.teacher_coef=0.0")  # controller's actions, SB3 cannot)
         if algo == "impala":  # one gradient step per batch wants a smaller step size
             cmd.append("learner.lr=0.0005" if env == "CartPole-v1" else "learner.lr=0.0003")
         start = time.time()

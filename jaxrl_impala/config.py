@@ -152,10 +152,12 @@ class LearnerConfig:
     popart_beta: ``popart``'s step size: each batch moves the targets' moments by
         ``max(popart_beta, 1 / k)`` at the k-th batch (an average, then an EMA).
     teacher_coef: weight of a distillation term towards the env's scripted controller
-        (kickstarting, Schmitt et al., 2018, arXiv:1803.03835): ``-log pi(a_teacher|x)``
-        averaged over the batch, ``a_teacher`` the controller's action in the state the
+        (kickstarting, Schmitt et al., 2018, arXiv:1803.03835): ``teacher_loss`` averaged
+        over the batch, against ``a_teacher``, the controller's action in the state the
         actor saw (DrivingEnv's ``scripted_actions()``). 0: off. The policy acts and is
-        evaluated on its observations alone; the teacher only shapes its training.
+        evaluated on its observations alone; the teacher only shapes its training. The
+        actors send ``a_teacher`` only when it is above 0, so actors started on their own
+        (other hosts) need the learner's value: frames of another layout are rejected.
     teacher_schedule: ``constant`` or ``linear`` (the weight decays to 0 at
         ``train.total_env_steps``).
     teacher_loss: the distillation term per step: ``nll``, ``-log pi(a_teacher|x)`` (any

@@ -5,8 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrl_impala.actor.envs import make_vector_env
 from jaxrl_impala.actor.rollout import Rollout, restart_seed
 from jaxrl_impala.config import load_config
+from jaxrl_impala.networks import clip_to_space
 from jaxrl_impala.transport.codec import FrameError
 from jaxrl_impala.unroll import params_to_frame
 
@@ -70,6 +72,7 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode, core, seed):
             f"network.core={core}",
             "network.core_size=8",
             "learner.teacher_coef=0.1",  # the scripted controller's actions ride along
+            "learner.teacher_loss=nll",  # (the preset's mse needs Box actions)
         ],
     )
     fused = Rollout(config, actor_id=0, fused=True)
@@ -80,13 +83,17 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode, core, seed):
     stepwise.set_params(arrays)
     ended = np.zeros(2, int)
     discounted = np.zeros(16)  # gymnasium's NormalizeReward accumulator, step by step
+    # The same envs replayed with the unrolls' actions: row t of teacher_actions is the
+    # controller's action in the state obs[t] shows, autoresets included.
+    replay = make_vector_env(config, 16)
+    replay.reset(seed=0)  # the first-life seed of train.seed 0, actor 0
     for i in range(4):
-        # the controller's action in the state each unroll starts from is its row 0
-        scripted = stepwise.env.scripted_actions()
         a, meta_a = fused.unroll(policy_version=i)
         b, meta_b = stepwise.unroll(policy_version=i)
-        np.testing.assert_array_equal(b["teacher_actions"][0], scripted)
         assert b["teacher_actions"].shape == b["actions"].shape
+        for t in range(8):
+            np.testing.assert_array_equal(b["teacher_actions"][t], replay.scripted_actions())
+            replay.step(clip_to_space(b["actions"][t], replay.single_action_space))
         for t in range(8):
             discounted = discounted * config.learner.gamma + b["rewards"][t]
             np.testing.assert_allclose(b["discounted_return"][t], discounted, rtol=1e-4, atol=1e-6)
@@ -102,6 +109,7 @@ def test_fused_unroll_matches_the_step_by_step_unroll(action_mode, core, seed):
             else:
                 np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4, err_msg=name)
     assert ended.min() > 0, f"terminated, truncated: {ended}"
+    replay.close()
     fused.env.close()
     stepwise.env.close()
 

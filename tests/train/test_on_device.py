@@ -135,9 +135,10 @@ def test_a_recurrent_policy_on_device_is_exactly_on_policy(tmp_path, core):
 
 def test_on_device_the_scripted_controller_teaches_from_the_collected_states(tmp_path):
     # learner.teacher_coef on device: the collect step fills the teacher's actions in the
-    # compiled scan and the update's distillation term reads them.
+    # compiled scan (the actors' fused unroll, whose rows tests/actor/test_rollout.py checks
+    # against the controller) and the update's distillation term reads them.
     code, records, _ = run_on_device_in_process(tmp_path, [*STEPS, "learner.teacher_coef=0.5"])
     train = [r for r in records if "loss" in r]
     assert code == 0 and len(train) == 8
     assert all(r["teacher_weight"] == pytest.approx(0.5) for r in train)
-    assert all(math.isfinite(r["teacher_loss"]) and r["teacher_loss"] > 0 for r in train)
+    assert all(math.isfinite(r["teacher_loss"]) for r in train)

@@ -24,6 +24,7 @@ def test_a_teacher_needs_an_env_with_a_scripted_controller_and_travels_in_the_fr
         "env.kwargs.action_mode=discrete",
         "network.hidden=[8]",
         "learner.teacher_coef=0.1",
+        "learner.teacher_loss=nll",  # the preset's mse needs Box actions
     ]
     s = setup(load_config("configs/driving.yaml", discrete))
     spec, _ = s.frame_spec()
@@ -33,3 +34,5 @@ def test_a_teacher_needs_an_env_with_a_scripted_controller_and_travels_in_the_fr
     assert "teacher_actions" in s.example_batch()
     with pytest.raises(ConfigError, match="teacher_loss=mse needs Box actions"):
         setup(load_config("configs/driving.yaml", [*discrete, "learner.teacher_loss=mse"]))
+    with pytest.raises(ConfigError, match="teacher_loss: 'kl' is not one of nll, mse"):
+        load_config(None, ["learner.teacher_loss=kl"])
