@@ -21,8 +21,8 @@ FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 TIME_KEYS = {"wall_time_s", "sps", "learner_busy_fraction", "queue_depth"}
 T, N, UPDATES = 4, 16, 4
 # Each algorithm, APPO with the running return normaliser and APPO and PPO with PopArt (their
-# statistics are compared too), and recurrent cores (APPO with an LSTM and a burn-in, PPO
-# with a GRU).
+# statistics are compared too), recurrent cores (APPO with an LSTM and a burn-in, PPO with a
+# GRU), and APPO with an LSTM, a burn-in and a teacher's distillation term on its schedule.
 VARIANTS = [
     "appo",
     "ppo",
@@ -32,6 +32,7 @@ VARIANTS = [
     "ppo+popart",
     "appo+lstm",
     "ppo+gru",
+    "appo+lstm+teacher",
 ]
 CORE_SIZE = 4
 
@@ -41,16 +42,18 @@ def four_device_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- the worker
-def _random_batch(rng: np.random.Generator, core_size: int = 0) -> dict:
+def _random_batch(rng: np.random.Generator, core_size: int = 0, teacher: bool = False) -> dict:
     """A CartPole-like batch: 3-d obs, 2 actions, some episode ends and truncations (and a
-    recurrent state at step 0 given ``core_size``)."""
+    recurrent state at step 0 given ``core_size``, a teacher's actions given ``teacher``)."""
     actions = rng.integers(0, 2, (T, N)).astype(np.int32)
     logits = rng.normal(size=(T, N, 2)).astype(np.float32)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     truncated = rng.random((T, N)) < 0.1
     core = {"initial_core": rng.normal(size=(1, N, core_size)).astype(np.float32)}
+    taught = {"teacher_actions": rng.integers(0, 2, (T, N)).astype(np.int32)}
     return {
         **(core if core_size else {}),
+        **(taught if teacher else {}),
         "obs": rng.normal(size=(T + 1, N, 3)).astype(np.float32),
         "actions": actions,
         "behaviour_logp": np.take_along_axis(logp, actions[..., None], -1)[..., 0],
@@ -79,6 +82,7 @@ def worker() -> dict:
     out: dict = {"params": {}, "collectives": {}}
     for variant in VARIANTS:
         algo, _, extra = variant.partition("+")
+        extra, _, teacher = extra.partition("+")
         core = extra if extra in ("lstm", "gru") else "none"
         config = load_config(
             None,
@@ -96,6 +100,9 @@ def worker() -> dict:
                 "network.hidden=[8]",
                 f"rollout.length={T}",
                 "learner.obs_norm=true",
+                f"learner.teacher_coef={0.5 if teacher else 0.0}",
+                "learner.teacher_schedule=linear",
+                f"train.total_env_steps={8 * T * N}",  # the weight halves over UPDATES
             ],
         )
         policy = make_policy(obs_space, act_space, config.network, obs_norm=True)
@@ -110,7 +117,7 @@ def worker() -> dict:
             state = jax.device_put(state, replicated)
             rng = np.random.default_rng(0)
             for i in range(UPDATES):
-                batch = put_batch(_random_batch(rng, policy.core_size))
+                batch = put_batch(_random_batch(rng, policy.core_size, bool(teacher)))
                 if i == 0 and devices == 4:
                     hlo = update.lower(state, batch, jax.random.PRNGKey(i)).compile().as_text()
                     out["collectives"][variant] = {
