@@ -196,6 +196,12 @@ class LearnerConfig:
     teacher_schedule: str = "constant"
     teacher_loss: str = "nll"
 
+    @property
+    def taught(self) -> bool:
+        """Whether the unrolls carry the scripted controller's actions (``teacher_coef >
+        0``): the one test the actors' frames and the learner's frame spec both follow."""
+        return self.teacher_coef > 0
+
 
 @dataclasses.dataclass(frozen=True)
 class TransportConfig:
@@ -570,6 +576,7 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
             f"(learner.batch_unrolls * env.num_envs)"
         )
     minibatch = batch // minibatches
+    steps = batch * config.rollout.length  # env steps per update
     if minibatch % num_devices:
         raise ConfigError(
             f"the minibatch of {minibatch} columns (learner.batch_unrolls * env.num_envs / "
@@ -580,9 +587,9 @@ def derived_sizes(config: Config, num_devices: int, num_processes: int = 1) -> d
     return {
         "batch_size": batch,
         "minibatch_size": minibatch,
-        "env_steps_per_update": batch * config.rollout.length,
+        "env_steps_per_update": steps,
         "local_batch_unrolls": lc.batch_unrolls // num_processes,
-        "total_updates": max(1, config.train.total_env_steps // (batch * config.rollout.length)),
+        "total_updates": max(1, config.train.total_env_steps // steps),
     }
 
 

@@ -85,7 +85,7 @@ def check_teacher(config: Config, env: gym.vector.VectorEnv) -> None:
       ConfigError: it has none.
     """
     lc = config.learner
-    if lc.teacher_coef <= 0:
+    if not lc.taught:
         return
     if not hasattr(env, "scripted_actions"):
         raise ConfigError(

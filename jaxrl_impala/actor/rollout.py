@@ -169,7 +169,7 @@ class Rollout:
         self.gamma = config.learner.gamma
         self.env = env if env is not None else make_vector_env(config, self.B)
         check_teacher(config, self.env)
-        self.teacher = config.learner.teacher_coef > 0
+        self.teacher = config.learner.taught
         self.term_names = reward_term_names(config)
         obs_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space

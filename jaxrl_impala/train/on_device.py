@@ -74,7 +74,7 @@ class OnDeviceBatches:
             config.rollout.length,
             s.action_space,
             config.learner.gamma,
-            env.pure_scripted() if config.learner.teacher_coef > 0 else None,
+            env.pure_scripted() if config.learner.taught else None,
         )
         env.close()
 

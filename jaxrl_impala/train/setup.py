@@ -109,7 +109,7 @@ class Setup:
             dist_params.shape[-1],
             len(self.term_names),
             self.policy.core_size,
-            teacher=self.config.learner.teacher_coef > 0,
+            teacher=self.config.learner.taught,
         )
 
     def frame_spec(self) -> tuple[FrameSpec, int]:
